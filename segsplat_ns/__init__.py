@@ -1,0 +1,3 @@
+"""segsplat_ns: make any Gaussian splat segmentable inside nerfstudio."""
+
+__version__ = "0.1.0"

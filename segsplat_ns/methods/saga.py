@@ -1,0 +1,151 @@
+"""SAGA — Segment Any 3D GAussians (Cen et al., AAAI-25): what the paper adds to the shared base.
+
+- a D-dim affinity feature f_g per Gaussian, rendered as unit vectors (Eq. 10) through the frozen geometry;
+- a scale gate S(s) = sigmoid(Linear(1, D)) applied to rendered features (Eq. 5) and, at inference, to the
+  per-Gaussian features (Eq. 3);
+- scale-aware contrastive training on SAM mask pairs (Eq. 6-9), feature-norm regulariser (Eq. 11), local kNN
+  feature smoothing (Sec. 3.3), and the pair resampling/re-weighting of Sec. 3.4 (see ``saga_loss``);
+- inference: click + scale -> cosine similarity of gated features > threshold; HDBSCAN decomposition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Type
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.cameras import Cameras
+from torch.nn import Parameter
+
+from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.methods.saga_loss import ScaleGate, knn_indices, knn_smooth, saga_loss, sample_training_scales
+
+
+@dataclass
+class SagaModelConfig(SegSplatModelConfig):
+    """SAGA's affinity features on top of splatfacto."""
+
+    _target: Type = field(default_factory=lambda: SagaModel)
+    feature_dim: int = 32
+    """D: width of the Gaussian affinity feature f_g (paper: 32)."""
+    num_sampled_pixels: int = 1000
+    """|delta(I)|: pixels sampled per image for the pairwise loss (authors' scripts: 1000 rays)."""
+    num_random_scales: int = 8
+    """Random scales s per step, plus one above the largest mask and the smallest (authors' code)."""
+    smooth_k: int = 16
+    """K of the local feature smoothing f_g <- mean of KNN(g) (Sec. 3.3; code: 16)."""
+    smooth_dropout: float = 0.5
+    """Fraction of the K neighbours dropped at random during training (code: 0.5)."""
+    norm_loss_weight: float = 1.0
+    """Weight of the feature-norm regulariser L_norm = 1 - ||F(p)|| (Eq. 11; code rfn=1.0)."""
+    positive_hard_threshold: float = 0.75
+    """Hard mining: positive pairs count only while Corr_f < this (code: 0.75)."""
+    negative_hard_threshold: float = 0.5
+    """Hard mining: negative pairs count only while Corr_f > this (code: 0.5)."""
+
+
+class SagaModel(SegSplatModel):
+    config: SagaModelConfig
+    feature_key = "affinity_features"
+
+    def populate_method_modules(self) -> None:
+        self.scale_gate = ScaleGate(self.config.feature_dim)
+        self._neighbours: Optional[torch.Tensor] = None
+        self._inference_cache: Dict[str, torch.Tensor] = {}
+
+    def method_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {"scale_gate": list(self.scale_gate.parameters())}
+
+    # ---- features -----------------------------------------------------------------------------------
+    def neighbours(self) -> torch.Tensor:
+        """K nearest Gaussians of each Gaussian; computed once, since the geometry is frozen in stage two."""
+        count = self.num_points
+        if self._neighbours is None or self._neighbours.shape[0] != count:
+            self._neighbours = knn_indices(self.means.detach(), self.config.smooth_k).to(self.device)
+            self._inference_cache.clear()
+        return self._neighbours
+
+    def smoothed_features(self, training: bool) -> torch.Tensor:
+        """Unit-norm affinity features after local smoothing (random neighbour dropout while training)."""
+        # unit vectors before smoothing (every neighbour counts equally) and after (Eq. 10 renders unit vectors)
+        features = F.normalize(self.gauss_params[self.feature_key], dim=-1)
+        dropout = self.config.smooth_dropout if training else 0.0
+        smoothed = knn_smooth(features, self.means, k=self.config.smooth_k, dropout=dropout, idx=self.neighbours())
+        return F.normalize(smoothed, dim=-1)
+
+    def feature_colors(self) -> torch.Tensor:
+        if self.training:
+            return self.smoothed_features(training=True)
+        return self._cached("features", lambda: self.smoothed_features(training=False))
+
+    def _cached(self, key: str, compute) -> torch.Tensor:
+        # inference reuses the smoothed features until the parameters change (viewer during training)
+        version = (self.gauss_params[self.feature_key]._version, self.num_points)
+        if self._inference_cache.get("version") != version:
+            self._inference_cache = {"version": version}
+        if key not in self._inference_cache:
+            with torch.no_grad():
+                self._inference_cache[key] = compute()
+        return self._inference_cache[key]
+
+    def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
+        super().load_state_dict(dict, **kwargs)
+        self._neighbours = None
+        self._inference_cache = {}
+
+    # ---- training -----------------------------------------------------------------------------------
+    def feature_loss_dict(self, outputs: Dict[str, torch.Tensor], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        features = outputs["features"]  # [H, W, D]
+        height, width = features.shape[:2]
+        masks = batch["masks"].to(self.device)  # [M, H, W] bool
+        mask_scales = batch["mask_scales"].to(self.device)  # [M], quantile-normalised to [0, 1]
+        if masks.shape[1:] != (height, width):
+            raise ValueError(f"masks are {tuple(masks.shape[1:])} but the feature map is {(height, width)}")
+        num_pixels = min(self.config.num_sampled_pixels, height * width)
+        pixel_ids = torch.randperm(height * width, device=self.device)[:num_pixels]
+        membership = masks.reshape(masks.shape[0], -1)[:, pixel_ids].T  # [P, M]
+        mask_areas = masks.reshape(masks.shape[0], -1).sum(-1).float()
+        flat_features = features.reshape(-1, features.shape[-1])
+        training_scales = sample_training_scales(torch.sort(mask_scales).values, num_random=self.config.num_random_scales)
+        terms = saga_loss(
+            flat_features[pixel_ids],
+            membership,
+            mask_scales,
+            mask_areas,
+            self.scale_gate,
+            training_scales,
+            pos_thresh=self.config.positive_hard_threshold,
+            neg_thresh=self.config.negative_hard_threshold,
+            norm_weight=self.config.norm_loss_weight,
+            # Eq. 11 over the whole rendered map, as the code does, minus empty background where F(p) = 0
+            norm_features=flat_features[outputs["feature_alpha"].reshape(-1) > 0.5],
+        )
+        return {"correspondence_loss": terms["saga_contrastive"], "feature_norm_loss": terms["saga_feature_norm"]}
+
+    # ---- inference (the segmenter's interface) -----------------------------------------------------
+    def gated_gaussian_features(self, scale: float) -> torch.Tensor:
+        """S(s) * f_g for every Gaussian, unit-normalised: [N, D]."""
+
+        def compute() -> torch.Tensor:
+            gate = self.scale_gate(torch.tensor([scale], device=self.device, dtype=torch.float32))
+            return F.normalize(self.feature_colors() * gate, dim=-1)
+
+        return self._cached(f"gated@{scale:.6f}", compute)
+
+    @torch.no_grad()
+    def prompt_query(self, feature_map: torch.Tensor, pixels: torch.Tensor, scale: float) -> torch.Tensor:
+        """Gated, normalised query features at click pixels [K, 2] (x, y) of a rendered feature map: [K, D]."""
+        rendered = feature_map[pixels[:, 1], pixels[:, 0]]
+        gate = self.scale_gate(torch.tensor([scale], device=rendered.device, dtype=torch.float32))
+        return F.normalize(rendered * gate, dim=-1)
+
+    @torch.no_grad()
+    def gaussian_scores(self, queries: torch.Tensor, scale: float) -> torch.Tensor:
+        """Per-Gaussian affinity to the prompts: max cosine similarity over queries, [N] in [-1, 1]."""
+        gated = self.gated_gaussian_features(scale)
+        return (gated @ queries.T).amax(dim=-1)
+
+    @torch.no_grad()
+    def decomposition_features(self, scale: float) -> torch.Tensor:
+        return self.gated_gaussian_features(scale)

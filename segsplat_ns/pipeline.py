@@ -1,0 +1,114 @@
+"""VanillaPipeline plus the stage switch (masks and their 3D scales) and segmentation metrics in ns-eval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Type
+
+import torch
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from tqdm import tqdm
+
+from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.errors import user_error_types
+from segsplat_ns.datamanager import SegSplatDataManager, SegSplatDataManagerConfig
+from segsplat_ns.masks.scales import ScaleQuantiles, mask_scales
+
+
+@dataclass
+class SegSplatPipelineConfig(VanillaPipelineConfig):
+    _target: Type = field(default_factory=lambda: SegSplatPipeline)
+    datamanager: SegSplatDataManagerConfig = field(default_factory=SegSplatDataManagerConfig)
+    model: SegSplatModelConfig = field(default_factory=SegSplatModelConfig)
+    eval_threshold: Optional[float] = None
+    """Similarity threshold used by the click protocol in ns-eval (default: the segmenter's)."""
+
+
+class SegSplatPipeline(VanillaPipeline):
+    config: SegSplatPipelineConfig
+    datamanager: SegSplatDataManager
+    model: SegSplatModel
+
+    def __init__(
+        self,
+        config: SegSplatPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[torch.cuda.amp.GradScaler] = None,
+    ):
+        if test_mode != "val" and config.model.init_from is not None:
+            # ns-eval / ns-viewer load our own checkpoint, which already holds everything init_from gave
+            config.model.init_from = None
+        try:
+            super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+            if test_mode == "val":
+                config.datamanager.masks.check_available(self.datamanager.data_dir)
+        except user_error_types() as error:
+            raise SystemExit(f"error: {error}") from None  # a clear line from inside ns-train, not a traceback
+
+    def get_train_loss_dict(self, step: int):
+        if self.model.in_feature_stage and not self.datamanager.masks_ready:
+            try:
+                self.prepare_feature_stage()
+            except user_error_types() as error:
+                raise SystemExit(f"error: {error}") from None
+        return super().get_train_loss_dict(step)
+
+    @torch.no_grad()
+    def prepare_feature_stage(self) -> None:
+        """Extract (or load cached) 2D masks and measure each mask's 3D scale with the RGB splat's depth."""
+        masks = self.datamanager.load_train_masks()
+        cameras = self.datamanager.train_dataset.cameras
+        was_training = self.model.training
+        self.model.eval()
+        raw_scales = []
+        try:
+            for index in tqdm(range(len(masks)), desc="3D mask scales", unit="image"):
+                camera = cameras[index : index + 1].to(self.device)
+                outputs = self.model.get_outputs_for_camera(camera)
+                depth = outputs["depth"][..., 0]
+                valid = outputs["accumulation"][..., 0] > 0.5
+                raw_scales.append(
+                    mask_scales(
+                        masks[index].to(depth.device),
+                        depth,
+                        camera.get_intrinsics_matrices()[0],
+                        camera.camera_to_worlds[0],
+                        valid=valid,
+                    ).cpu()
+                )
+        finally:
+            self.model.train(was_training)
+        all_scales = torch.cat(raw_scales)
+        if all_scales.numel() == 0:
+            raise RuntimeError("the mask source produced no masks for any training image: nothing to learn from")
+        quantiles = ScaleQuantiles.fit(all_scales, num_quantiles=self.model.scale_quantiles.numel())
+        self.model.scale_quantiles.copy_(quantiles.as_tensor().to(self.model.scale_quantiles))
+        self.datamanager.set_mask_scales([quantiles.normalize(s) for s in raw_scales])
+        CONSOLE.log(
+            f"Feature stage: {all_scales.numel()} masks over {len(masks)} images, 3D scales "
+            f"{float(all_scales.min()):.3g}..{float(all_scales.max()):.3g} (median {float(all_scales.median()):.3g})"
+        )
+
+    def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path=None, get_std: bool = False):
+        metrics = super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
+        if not self.model.has_features:
+            return metrics
+        ground_truth = self.datamanager.eval_ground_truth()
+        if ground_truth is None:
+            CONSOLE.print("no segmentation ground truth (no gt/ folder in the dataset): segmentation metrics skipped")
+            return metrics
+        from segsplat_ns.eval.protocol import segmentation_metrics
+        from segsplat_ns.segmenter import Segmenter
+
+        self.eval()
+        segmenter = Segmenter(self.model)
+        seg_metrics, _ = segmentation_metrics(
+            segmenter, self.datamanager.eval_dataset.cameras, ground_truth, threshold=self.config.eval_threshold
+        )
+        self.train()
+        metrics.update(seg_metrics)
+        return metrics

@@ -1,0 +1,598 @@
+"""One rasterizer for every renderer of the project.
+
+:func:`rasterize` has the signature and the outputs of ``gsplat.rasterization`` (gsplat 1.4.0):
+
+* CUDA tensors are handed to ``gsplat.rasterization`` unchanged (gsplat is imported lazily there).
+* CPU tensors go to a pure-PyTorch implementation with gsplat's semantics (see below), which is
+  differentiable w.r.t. means, quats, scales, opacities, colors (and backgrounds) through autograd,
+  works in float32 and float64, renders features of any width and fills the ``info`` dict that
+  gsplat's ``DefaultStrategy`` and nerfstudio's splatfacto read (``means2d`` with ``.grad`` /
+  ``.absgrad``, ``radii``, ``width``, ``height``, ``n_cameras``, ...).
+
+Semantics matched on CPU (from gsplat 1.4.0's CUDA kernels ``fully_fused_projection_fwd``,
+``isect_tiles`` and ``rasterize_to_pixels_fwd``):
+
+* quaternions (wxyz) are normalised; covariance ``R S S R^T``; world->camera with ``viewmats``;
+* EWA perspective projection, with x/z and y/z clamped to ``(W - cx)/fx + 0.3 tan_fovx`` (and the
+  other three limits) for the Jacobian only, exactly as ``persp_proj``;
+* ``eps2d`` added to the 2D covariance diagonal; ``antialiased`` multiplies opacities by
+  ``sqrt(max(0, det_orig / det_blur))``; conic = inverse of the blurred 2D covariance;
+* radius ``ceil(3 sqrt(b + sqrt(max(0.01, b^2 - det))))``; culled (radius 0): depth outside
+  ``[near, far]``, ``det <= 0``, ``radius <= radius_clip``, radius box entirely off-screen;
+* a Gaussian is only considered for the pixels of the 16x16 tiles its radius box touches
+  (``isect_tiles``); inside those, pixel centres ``(x + 0.5, y + 0.5)``,
+  ``sigma = 0.5 (a dx^2 + c dy^2) + b dx dy``, ``alpha = min(0.999, o exp(-sigma))``, pairs with
+  ``sigma < 0`` or ``alpha < 1/255`` are skipped; front to back by camera depth (ties by index);
+  a pixel stops at the first Gaussian whose next transmittance ``T (1 - alpha) <= 1e-4``, and that
+  Gaussian is excluded;
+* ``render + T_final * background``; render modes RGB / D / ED / RGB+D / RGB+ED (depth appended as
+  the last channel, ED divided by ``alpha.clamp(min=1e-10)``); SH colours evaluated with view
+  directions from the camera centre, ``+ 0.5`` and ``clamp_min(0)``.
+
+Implementation: (pixel, Gaussian) pairs are enumerated only inside the part of each Gaussian's
+tile box where its alpha can reach 1/255 (the alpha-threshold ellipse's bounding box, one pixel of
+margin), filtered, stably sorted by pixel (pairs are generated in depth order), and composited with
+a segmented cumulative sum of ``log(1 - alpha)`` in float64. The index building runs under
+``no_grad``; only the surviving pairs enter the autograd graph. Colour accumulation is a small
+custom autograd function working in chunks, so no ``[pairs x channels]`` tensor is kept for backward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["rasterize"]
+
+_ALPHA_MIN = 1.0 / 255.0
+_ALPHA_MAX = 0.999
+_T_STOP = 1e-4
+# elements of one [pairs x channels] temporary in the colour accumulation
+_CHUNK_ELEMS = 1 << 22
+
+
+def rasterize(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [(C,) N, D] or [(C,) N, K, 3]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    packed: bool = False,
+    tile_size: int = 16,
+    backgrounds: Optional[Tensor] = None,
+    render_mode: str = "RGB",
+    sparse_grad: bool = False,
+    absgrad: bool = False,
+    rasterize_mode: str = "classic",
+    **kwargs,
+) -> Tuple[Tensor, Tensor, Dict]:
+    """Rasterize 3D Gaussians into C images; same arguments and outputs as ``gsplat.rasterization``.
+
+    Returns ``(render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info)``.
+    CUDA inputs run gsplat itself; CPU inputs run the pure-PyTorch path (``packed=False`` only).
+    """
+    if means.is_cuda:
+        import gsplat  # lazy: only the GPU path needs the compiled extension
+
+        return gsplat.rasterization(
+            means=means,
+            quats=quats,
+            scales=scales,
+            opacities=opacities,
+            colors=colors,
+            viewmats=viewmats,
+            Ks=Ks,
+            width=width,
+            height=height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            eps2d=eps2d,
+            sh_degree=sh_degree,
+            packed=packed,
+            tile_size=tile_size,
+            backgrounds=backgrounds,
+            render_mode=render_mode,
+            sparse_grad=sparse_grad,
+            absgrad=absgrad,
+            rasterize_mode=rasterize_mode,
+            **kwargs,
+        )
+    return _rasterize_torch(
+        means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
+        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
+        sh_degree=sh_degree, packed=packed, tile_size=tile_size, backgrounds=backgrounds,
+        render_mode=render_mode, absgrad=absgrad, rasterize_mode=rasterize_mode, **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# projection
+# --------------------------------------------------------------------------------------------
+
+
+def _quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
+    """Covariance ``R S S R^T`` from (unnormalised, wxyz) quaternions and scales. [N, 3, 3]"""
+    q = quats / quats.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(-1, 3, 3)
+    M = R * scales[:, None, :]
+    return M @ M.transpose(-1, -2)
+
+
+def _project(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+             radius_clip, covars=None):
+    """gsplat's ``fully_fused_projection`` (pinhole, packed=False), differentiable.
+
+    Returns radii [C,N] int32, means2d [C,N,2], depths [C,N], conics [C,N,3],
+    compensations [C,N], covar2d [C,N,3] (a, b, c of the blurred 2D covariance).
+    Values of culled entries are finite but meaningless (gsplat leaves them uninitialised).
+    """
+    R = viewmats[:, :3, :3]  # [C,3,3]
+    t = viewmats[:, :3, 3]  # [C,3]
+    mean_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C,N,3]
+    if covars is None:
+        covar = _quat_scale_to_covar(quats, scales)  # [N,3,3]
+    else:
+        covar = covars
+    covar_c = torch.einsum("cij,njk,clk->cnil", R, covar, R)  # [C,N,3,3]
+
+    x, y, z = mean_c.unbind(-1)
+    depth_ok = (z >= near_plane) & (z <= far_plane)
+    z_s = torch.where(depth_ok, z, torch.ones_like(z))  # keep culled entries finite (and grads 0)
+    fx, fy = Ks[:, 0, 0][:, None], Ks[:, 1, 1][:, None]
+    cx, cy = Ks[:, 0, 2][:, None], Ks[:, 1, 2][:, None]
+    tan_fovx = 0.5 * width / fx
+    tan_fovy = 0.5 * height / fy
+    lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = cy / fy + 0.3 * tan_fovy
+    rz = 1.0 / z_s
+    rz2 = rz * rz
+    tx = z_s * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
+    ty = z_s * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
+    zero = torch.zeros_like(z_s)
+    J = torch.stack(
+        [fx * rz, zero, -fx * tx * rz2, zero, fy * rz, -fy * ty * rz2], dim=-1
+    ).reshape(*z.shape, 2, 3)  # [C,N,2,3]
+    cov2d = J @ covar_c @ J.transpose(-1, -2)  # [C,N,2,2]
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)  # [C,N,2]
+
+    a0, b, c0 = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    det_orig = a0 * c0 - b * b
+    a = a0 + eps2d
+    c = c0 + eps2d
+    det = a * c - b * b
+    valid = depth_ok & (det > 0)
+    det_s = torch.where(valid, det, torch.ones_like(det))
+    compensations = torch.sqrt(torch.clamp(det_orig / det_s, min=0.0))
+    conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
+
+    with torch.no_grad():
+        bm = 0.5 * (a + c)
+        v1 = bm + torch.sqrt(torch.clamp(bm * bm - det, min=0.01))
+        radius = torch.ceil(3.0 * torch.sqrt(torch.clamp(v1, min=0.0)))
+        valid = valid & (radius > radius_clip)
+        mx, my = means2d[..., 0], means2d[..., 1]
+        valid = valid & ~(
+            (mx + radius <= 0) | (mx - radius >= width) | (my + radius <= 0) | (my - radius >= height)
+        )
+        radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
+    covar2d = torch.stack([a, b, c], dim=-1)
+    return radii, means2d, z, conics, compensations, covar2d
+
+
+# --------------------------------------------------------------------------------------------
+# spherical harmonics (gsplat's _eval_sh_bases_fast / CUDA sh_coeffs_to_color_fast)
+# --------------------------------------------------------------------------------------------
+
+
+def _sh_bases(num_bases: int, dirs: Tensor) -> Tensor:
+    out = [None] * num_bases
+    out[0] = torch.full_like(dirs[..., 0], 0.2820947917738781)
+    if num_bases > 1:
+        x, y, z = dirs.unbind(-1)
+        fTmpA = -0.48860251190292
+        out[1] = fTmpA * y
+        out[2] = -fTmpA * z
+        out[3] = fTmpA * x
+    if num_bases > 4:
+        z2 = z * z
+        fTmpB = -1.092548430592079 * z
+        fTmpA = 0.5462742152960395
+        fC1 = x * x - y * y
+        fS1 = 2 * x * y
+        out[4] = fTmpA * fS1
+        out[5] = fTmpB * y
+        out[6] = 0.9461746957575601 * z2 - 0.3153915652525201
+        out[7] = fTmpB * x
+        out[8] = fTmpA * fC1
+    if num_bases > 9:
+        fTmpC = -2.285228997322329 * z2 + 0.4570457994644658
+        fTmpB = 1.445305721320277 * z
+        fTmpA = -0.5900435899266435
+        fC2 = x * fC1 - y * fS1
+        fS2 = x * fS1 + y * fC1
+        out[9] = fTmpA * fS2
+        out[10] = fTmpB * fS1
+        out[11] = fTmpC * y
+        out[12] = z * (1.865881662950577 * z2 - 1.119528997770346)
+        out[13] = fTmpC * x
+        out[14] = fTmpB * fC1
+        out[15] = fTmpA * fC2
+    if num_bases > 16:
+        fTmpD = z * (-4.683325804901025 * z2 + 2.007139630671868)
+        fTmpC = 3.31161143515146 * z2 - 0.47308734787878
+        fTmpB = -1.770130769779931 * z
+        fTmpA = 0.6258357354491763
+        fC3 = x * fC2 - y * fS2
+        fS3 = x * fS2 + y * fC2
+        out[16] = fTmpA * fS3
+        out[17] = fTmpB * fS2
+        out[18] = fTmpC * fS1
+        out[19] = fTmpD * y
+        out[20] = 1.984313483298443 * z2 * (1.865881662950577 * z2 - 1.119528997770346) + (
+            -1.006230589874905 * (0.9461746957575601 * z2 - 0.3153915652525201)
+        )
+        out[21] = fTmpD * x
+        out[22] = fTmpC * fC1
+        out[23] = fTmpB * fC2
+        out[24] = fTmpA * fC3
+    return torch.stack(out, dim=-1)
+
+
+def _spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """dirs [..., 3] (unnormalised), coeffs [..., K, 3] -> [..., 3] (before the +0.5)."""
+    if degree > 4:
+        raise NotImplementedError("sh_degree > 4 is not supported (gsplat supports up to 4)")
+    num_bases = (degree + 1) ** 2
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    bases = _sh_bases(num_bases, dirs)  # [..., B]
+    return (bases[..., None] * coeffs[..., :num_bases, :]).sum(dim=-2)
+
+
+# --------------------------------------------------------------------------------------------
+# colour accumulation
+# --------------------------------------------------------------------------------------------
+
+
+class _Accumulate(torch.autograd.Function):
+    """out[pix[k]] += w[k] * colors[cidx[k]], in chunks (no [pairs x D] tensor saved)."""
+
+    @staticmethod
+    def forward(ctx, w, colors, cidx, pix, n_pix):
+        D = colors.shape[-1]
+        out = colors.new_zeros(n_pix, D)
+        step = max(1, _CHUNK_ELEMS // max(D, 1))
+        for s in range(0, w.shape[0], step):
+            e = s + step
+            out.index_add_(0, pix[s:e], colors[cidx[s:e]] * w[s:e, None])
+        ctx.save_for_backward(w, colors, cidx, pix)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        w, colors, cidx, pix = ctx.saved_tensors
+        D = colors.shape[-1]
+        step = max(1, _CHUNK_ELEMS // max(D, 1))
+        g_out = g_out.contiguous()
+        grad_w = torch.empty_like(w) if ctx.needs_input_grad[0] else None
+        grad_c = torch.zeros_like(colors) if ctx.needs_input_grad[1] else None
+        for s in range(0, w.shape[0], step):
+            e = s + step
+            go = g_out[pix[s:e]]
+            if grad_w is not None:
+                grad_w[s:e] = (go * colors[cidx[s:e]]).sum(-1)
+            if grad_c is not None:
+                grad_c.index_add_(0, cidx[s:e], go * w[s:e, None])
+        return grad_w, grad_c, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# pair enumeration
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _tile_boxes(means2d, radii, tile_size, tile_width, tile_height):
+    """gsplat ``isect_tiles``: [tile_min, tile_max) per (camera, Gaussian), int64 [C,N] each."""
+    r = radii.to(means2d.dtype)
+    tr = r / tile_size
+    tx = means2d[..., 0] / tile_size
+    ty = means2d[..., 1] / tile_size
+    tx0 = torch.floor(tx - tr).clamp(0, tile_width).long()
+    ty0 = torch.floor(ty - tr).clamp(0, tile_height).long()
+    tx1 = torch.ceil(tx + tr).clamp(0, tile_width).long()
+    ty1 = torch.ceil(ty + tr).clamp(0, tile_height).long()
+    live = radii > 0
+    tx1 = torch.where(live, tx1, tx0)
+    ty1 = torch.where(live, ty1, ty0)
+    return tx0, ty0, tx1, ty1
+
+
+@torch.no_grad()
+def _isect_info(depths, tx0, ty0, tx1, ty1, C, N, tile_width, tile_height):
+    """gsplat's ``tiles_per_gauss`` / ``isect_ids`` / ``flatten_ids`` / ``isect_offsets``."""
+    device = depths.device
+    nx = (tx1 - tx0).clamp_min(0)
+    ny = (ty1 - ty0).clamp_min(0)
+    tiles_per_gauss = (nx * ny).to(torch.int32)  # [C,N]
+    cnt = tiles_per_gauss.reshape(-1).long()
+    n_isects = int(cnt.sum())
+    ids = torch.repeat_interleave(torch.arange(C * N, device=device), cnt)
+    start = torch.cumsum(cnt, 0) - cnt
+    local = torch.arange(n_isects, device=device) - start[ids]
+    nxf = nx.reshape(-1)[ids].clamp_min(1)
+    tile_x = tx0.reshape(-1)[ids] + local % nxf
+    tile_y = ty0.reshape(-1)[ids] + local // nxf
+    tile_id = tile_y * tile_width + tile_x
+    cam = ids // max(N, 1)
+    n_tiles = tile_width * tile_height
+    tile_n_bits = max(1, math.ceil(math.log2(max(n_tiles, 2))))
+    depth_bits = depths.detach().float().contiguous().view(torch.int32).reshape(-1)[ids].long()
+    depth_bits = depth_bits & 0xFFFFFFFF
+    isect_ids = (cam << (32 + tile_n_bits)) | (tile_id << 32) | depth_bits
+    isect_ids, order = torch.sort(isect_ids, stable=True)
+    flatten_ids = ids[order].to(torch.int32)
+    key = (cam[order] * n_tiles + tile_id[order]) if n_isects else tile_id
+    isect_offsets = torch.searchsorted(
+        key.contiguous(), torch.arange(C * n_tiles, device=device)
+    ).to(torch.int32).reshape(C, tile_height, tile_width)
+    return tiles_per_gauss, isect_ids, flatten_ids, isect_offsets
+
+
+# --------------------------------------------------------------------------------------------
+# CPU rasterization
+# --------------------------------------------------------------------------------------------
+
+
+def _rasterize_torch(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
+    radius_clip, eps2d, sh_degree, packed, tile_size, backgrounds, render_mode, absgrad,
+    rasterize_mode, channel_chunk: int = 32, distributed: bool = False,
+    camera_model: str = "pinhole", covars: Optional[Tensor] = None,
+):
+    if packed:
+        raise NotImplementedError(
+            "segsplat_ns.rendering.rasterize: packed=True is only available on CUDA (gsplat); "
+            "the CPU path implements packed=False"
+        )
+    if distributed:
+        raise NotImplementedError("distributed rasterization is only available on CUDA (gsplat)")
+    if camera_model != "pinhole":
+        raise NotImplementedError(f"camera_model={camera_model!r} is only available on CUDA (gsplat)")
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"unknown rasterize_mode {rasterize_mode!r}")
+    if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
+        raise ValueError(f"unknown render_mode {render_mode!r}")
+
+    N = means.shape[0]
+    C = viewmats.shape[0]
+    H, W = height, width
+    device, dtype = means.device, means.dtype
+    assert means.shape == (N, 3), means.shape
+    if covars is None:
+        assert quats.shape == (N, 4), quats.shape
+        assert scales.shape == (N, 3), scales.shape
+    else:
+        assert covars.shape == (N, 3, 3), covars.shape
+    assert opacities.shape == (N,), opacities.shape
+    assert viewmats.shape == (C, 4, 4), viewmats.shape
+    assert Ks.shape == (C, 3, 3), Ks.shape
+    viewmats = viewmats.to(dtype)
+    Ks = Ks.to(dtype)
+
+    # ---------------- projection ----------------
+    radii, means2d, depths, conics, comps, covar2d = _project(
+        means, quats, scales, viewmats, Ks, W, H, eps2d, near_plane, far_plane, radius_clip, covars
+    )
+    opac = opacities.repeat(C, 1)  # [C, N]
+    if rasterize_mode == "antialiased":
+        opac = opac * comps
+
+    # ---------------- colours ----------------
+    if sh_degree is None:
+        assert (colors.dim() == 2 and colors.shape[0] == N) or (
+            colors.dim() == 3 and colors.shape[:2] == (C, N)
+        ), colors.shape
+        cols = colors  # [N, D] or [C, N, D]
+    else:
+        assert (colors.dim() == 3 and colors.shape[0] == N and colors.shape[2] == 3) or (
+            colors.dim() == 4 and colors.shape[:2] == (C, N) and colors.shape[3] == 3
+        ), colors.shape
+        assert (sh_degree + 1) ** 2 <= colors.shape[-2], colors.shape
+        camtoworlds = torch.inverse(viewmats)
+        dirs = means[None, :, :] - camtoworlds[:, None, :3, 3]  # [C,N,3]
+        shs = colors.expand(C, -1, -1, -1) if colors.dim() == 3 else colors
+        cols = torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)  # [C,N,3]
+    if render_mode in ("RGB+D", "RGB+ED"):
+        cols3 = cols.expand(C, -1, -1) if cols.dim() == 2 else cols
+        cols = torch.cat([cols3, depths[..., None]], dim=-1)
+        if backgrounds is not None:
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
+    elif render_mode in ("D", "ED"):
+        cols = depths[..., None]
+        if backgrounds is not None:
+            backgrounds = backgrounds.new_zeros(C, 1)
+    Dout = cols.shape[-1]
+    shared_cols = cols.dim() == 2  # [N, D]: index with gaussian id, else with camera*N + id
+    cols_flat = cols if shared_cols else cols.reshape(C * N, Dout)
+
+    # ---------------- info (what gsplat fills for packed=False) ----------------
+    tile_width = math.ceil(W / float(tile_size))
+    tile_height = math.ceil(H / float(tile_size))
+    tx0, ty0, tx1, ty1 = _tile_boxes(means2d.detach(), radii, tile_size, tile_width, tile_height)
+    tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = _isect_info(
+        depths, tx0, ty0, tx1, ty1, C, N, tile_width, tile_height
+    )
+    info: Dict = {
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opac,
+        "tile_width": tile_width,
+        "tile_height": tile_height,
+        "tiles_per_gauss": tiles_per_gauss,
+        "isect_ids": isect_ids,
+        "flatten_ids": flatten_ids,
+        "isect_offsets": isect_offsets,
+        "width": W,
+        "height": H,
+        "tile_size": tile_size,
+        "n_cameras": C,
+    }
+
+    # ---------------- pair enumeration (no grad) ----------------
+    with torch.no_grad():
+        m2 = means2d.detach()
+        o_d = opac.detach()
+        cov_d = covar2d.detach()
+        # pixels where alpha can reach 1/255: 0.5 d^T cov^-1 d <= log(255 o); bbox of that ellipse
+        smax = torch.log(torch.clamp(o_d * 255.0, min=1e-30)).clamp_min(0.0)
+        ex = torch.sqrt(2.0 * smax * cov_d[..., 0]) + 1.0
+        ey = torch.sqrt(2.0 * smax * cov_d[..., 2]) + 1.0
+        px0 = torch.maximum(torch.ceil(m2[..., 0] - ex - 0.5).clamp(-1, W).long(), tx0 * tile_size)
+        px1 = torch.minimum(torch.floor(m2[..., 0] + ex - 0.5).clamp(-1, W).long() + 1, (tx1 * tile_size).clamp_max(W))
+        py0 = torch.maximum(torch.ceil(m2[..., 1] - ey - 0.5).clamp(-1, H).long(), ty0 * tile_size)
+        py1 = torch.minimum(torch.floor(m2[..., 1] + ey - 0.5).clamp(-1, H).long() + 1, (ty1 * tile_size).clamp_max(H))
+        bw = (px1 - px0).clamp_min(0)
+        bh = (py1 - py0).clamp_min(0)
+        live = (radii > 0) & (o_d >= _ALPHA_MIN)
+        bw = torch.where(live, bw, torch.zeros_like(bw))
+
+        # visit (camera, gaussian) entries front to back: stable sort by depth within each camera
+        order = torch.sort(depths.detach(), dim=1, stable=True).indices  # [C,N]
+        flat_order = (order + torch.arange(C, device=device)[:, None] * N).reshape(-1)
+        cnt = (bw * bh).reshape(-1)[flat_order]
+        ent = flat_order.index_select(0, (cnt > 0).nonzero().squeeze(1))  # (camera, depth) order
+        cnt = (bw * bh).reshape(-1).index_select(0, ent)
+        E = ent.shape[0]
+        P0 = int(cnt.sum())
+        # per-entry table, gathered once per pair
+        cam = torch.div(ent, N, rounding_mode="floor")
+        tab = torch.stack(
+            [
+                m2[..., 0].reshape(-1)[ent], m2[..., 1].reshape(-1)[ent],
+                conics.detach()[..., 0].reshape(-1)[ent], conics.detach()[..., 1].reshape(-1)[ent],
+                conics.detach()[..., 2].reshape(-1)[ent], o_d.reshape(-1)[ent],
+                px0.reshape(-1)[ent].to(dtype), py0.reshape(-1)[ent].to(dtype),
+                bw.reshape(-1)[ent].to(dtype),
+                (torch.cumsum(cnt, 0) - cnt).to(dtype),
+            ],
+            dim=-1,
+        )  # [E, 10]
+        pix_base = (cam * (H * W) + py0.reshape(-1)[ent] * W + px0.reshape(-1)[ent])  # [E]
+        rep = torch.repeat_interleave(torch.arange(E, device=device), cnt)  # [P0]
+        t = tab.index_select(0, rep)
+        # position inside the box (float arithmetic is exact far beyond any box size)
+        local = torch.arange(P0, device=device, dtype=dtype) - t[:, 9]
+        ly = torch.floor((local + 0.5) / t[:, 8])
+        lx = local - ly * t[:, 8]
+        dx = t[:, 0] - (t[:, 6] + lx + 0.5)
+        dy = t[:, 1] - (t[:, 7] + ly + 0.5)
+        sigma = 0.5 * (t[:, 2] * dx * dx + t[:, 4] * dy * dy) + t[:, 3] * dx * dy
+        alpha = torch.clamp(t[:, 5] * torch.exp(-sigma), max=_ALPHA_MAX)
+        ok = ((sigma >= 0) & (alpha >= _ALPHA_MIN)).nonzero().squeeze(1)
+        rep = rep.index_select(0, ok)
+        alpha = alpha.index_select(0, ok)
+        pix = pix_base.index_select(0, rep) + (
+            ly.index_select(0, ok) * W + lx.index_select(0, ok)
+        ).long()
+        g = ent.index_select(0, rep)
+        del t, local, lx, ly, dx, dy, sigma, ok, rep
+        # (pixel, depth) order: pairs were generated in depth order, sort stably by pixel
+        pix, perm = torch.sort(pix, stable=True)
+        g = g.index_select(0, perm)
+        alpha = alpha.index_select(0, perm)
+        # transmittance stop rule: exclude the first pair with T * (1 - alpha) <= 1e-4 and after
+        upix, inv, counts = torch.unique_consecutive(pix, return_inverse=True, return_counts=True)
+        seg_start = torch.cumsum(counts, 0) - counts
+        la = torch.log1p(-alpha.double())
+        cs = torch.cumsum(la, 0)
+        base = (cs - la)[seg_start] if la.numel() else cs
+        t_incl = torch.exp(cs - base[inv])
+        keep = (t_incl > _T_STOP).nonzero().squeeze(1)
+        g = g.index_select(0, keep)
+        pix = pix.index_select(0, keep)
+        inv = inv.index_select(0, keep)
+        counts = torch.bincount(inv, minlength=upix.shape[0])
+        seg_start = torch.cumsum(counts, 0) - counts
+        seg_end = seg_start + counts - 1
+        del la, cs, base, t_incl, keep, alpha, perm
+
+    # ---------------- differentiable compositing on the surviving pairs ----------------
+    n_img = C * H * W
+    P = g.shape[0]
+    means2d_f = means2d.reshape(C * N, 2)
+    xy = means2d_f[g]  # [P,2]: per-(pixel, gaussian) copy of means2d
+    if absgrad:
+        means2d.absgrad = torch.zeros_like(means2d.detach())
+        if xy.requires_grad:
+            g_hook = g
+            m2_ref = means2d
+
+            def _absgrad_hook(grad, g_hook=g_hook, m2_ref=m2_ref):
+                buf = torch.zeros(C * N, 2, dtype=grad.dtype, device=grad.device)
+                buf.index_add_(0, g_hook, grad.abs())
+                m2_ref.absgrad = buf.reshape(C, N, 2)
+                return grad
+
+            xy.register_hook(_absgrad_hook)
+    pxf = (pix % W).to(dtype) + 0.5
+    pyf = ((pix // W) % H).to(dtype) + 0.5
+    co = conics.reshape(C * N, 3)[g]
+    dx = xy[:, 0] - pxf
+    dy = xy[:, 1] - pyf
+    sigma = 0.5 * (co[:, 0] * dx * dx + co[:, 2] * dy * dy) + co[:, 1] * dx * dy
+    alpha = torch.clamp(opac.reshape(-1)[g] * torch.exp(-sigma), max=_ALPHA_MAX)
+    la = torch.log1p(-alpha.double())
+    cs = torch.cumsum(la, 0)
+    cs_excl = cs - la
+    if P > 0:
+        base = cs_excl[seg_start]  # [S]
+        w = (alpha.double() * torch.exp(cs_excl - base[inv])).to(dtype)
+        t_final_seg = torch.exp(cs[seg_end] - base).to(dtype)  # [S]
+    else:
+        w = alpha
+        t_final_seg = alpha.new_zeros(0)
+
+    cidx = (g % N) if shared_cols else g
+    render = _Accumulate.apply(w, cols_flat, cidx, pix, n_img)  # [C*H*W, D]
+    ones = torch.ones(n_img, dtype=dtype, device=device)
+    T_final = ones.index_put((upix,), t_final_seg) if P > 0 else ones
+    if P == 0:
+        # keep the outputs connected to the inputs (as gsplat's autograd function does)
+        render = render + 0.0 * means2d.sum() + 0.0 * cols_flat.sum() + 0.0 * opac.sum()
+    render_alphas = (1.0 - T_final).reshape(C, H, W, 1)
+    render = render.reshape(C, H, W, Dout)
+    if backgrounds is not None:
+        render = render + T_final.reshape(C, H, W, 1) * backgrounds.to(dtype)[:, None, None, :]
+
+    if render_mode in ("ED", "RGB+ED"):
+        render = torch.cat(
+            [render[..., :-1], render[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
+        )
+    return render, render_alphas, info
