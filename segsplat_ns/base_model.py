@@ -24,12 +24,12 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import (
+    RGB2SH,
     SplatfactoModel,
     SplatfactoModelConfig,
     get_viewmat,
     num_sh_bases,
     random_quat_tensor,
-    RGB2SH,
 )
 from nerfstudio.utils.colors import get_color
 from nerfstudio.utils.rich_utils import CONSOLE

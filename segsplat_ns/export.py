@@ -32,8 +32,6 @@ by name ignore them. The file is written atomically (temporary file in the same 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 from importlib.metadata import version
 from pathlib import Path
@@ -42,6 +40,8 @@ from typing import Dict, Mapping, Optional, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from segsplat_ns.io import atomic_open
 
 __all__ = [
     "LOW_OPACITY_LOGIT",
@@ -252,21 +252,9 @@ def write_splat_ply(
     for name, _, _, values in props:
         table[name] = values
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode())
-            f.write(table.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path) as handle:
+        handle.write(("\n".join(header) + "\n").encode())
+        handle.write(table.tobytes())
     return count
 
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash or an error never leaves a half-written cache or output."""
+"""Atomic file writes: a crash or an error never leaves a half-written cache, dataset file or export."""
 
 from __future__ import annotations
 
@@ -6,15 +6,30 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; some filesystems refuse to open folders, which is harmless here
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, on error it is removed."""
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename (after an fsync),
+    on any error or interrupt it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
     try:
@@ -25,3 +40,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if temp.exists():
             temp.unlink()
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """A binary file handle whose content appears at ``path`` only when the block completes."""
+    with atomic_path(path, suffix=suffix) as temp:
+        with open(temp, "wb") as handle:
+            yield handle

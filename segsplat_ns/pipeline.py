@@ -11,8 +11,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.errors import user_error_types
 from segsplat_ns.datamanager import SegSplatDataManager, SegSplatDataManagerConfig
+from segsplat_ns.errors import user_error_types
 from segsplat_ns.masks.scales import ScaleQuantiles, mask_scales
 
 

@@ -52,12 +52,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from segsplat_ns.io import atomic_open
 
 FORMAT_VERSION = 1
 MIN_MASK_AREA = 20
@@ -685,21 +686,9 @@ def sam_like_masks(scene: Scene, parts_map: np.ndarray, objects_map: np.ndarray,
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then os.replace: readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+    """Readers never see a partial file (see :func:`segsplat_ns.io.atomic_open`)."""
+    with atomic_open(path) as handle:
+        handle.write(data)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -9,11 +9,11 @@ from collections import OrderedDict
 from importlib.metadata import version
 from pathlib import Path
 
+import nerfstudio.scripts as ns_scripts
 import numpy as np
 import pytest
 import torch
 
-import nerfstudio.scripts as ns_scripts
 from segsplat_ns.export import (
     LOW_OPACITY_LOGIT,
     export_selection,

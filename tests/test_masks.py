@@ -12,8 +12,20 @@ import torch
 
 from segsplat_ns.masks import cache as cache_mod
 from segsplat_ns.masks import sources as src_mod
-from segsplat_ns.masks.cache import MaskCache, MaskCacheWarning, PackedMasks, atomic_write, decode_masks, encode_masks
-from segsplat_ns.masks.scales import ScaleQuantiles, backproject, erode_masks, mask_scales
+from segsplat_ns.masks.cache import (
+    MaskCache,
+    MaskCacheWarning,
+    PackedMasks,
+    atomic_write,
+    decode_masks,
+    encode_masks,
+)
+from segsplat_ns.masks.scales import (
+    ScaleQuantiles,
+    backproject,
+    erode_masks,
+    mask_scales,
+)
 from segsplat_ns.masks.sources import (
     ClassicalMaskSource,
     FolderMaskSource,
@@ -95,7 +107,13 @@ def test_folder_source_errors_name_the_file(folder_dataset, tmp_path):
 
 def tiny_sam(img_size: int = 64, dim: int = 32):
     """A random-weight SAM small enough for a CPU test (same architecture, tiny widths)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     torch.manual_seed(0)
     grid = img_size // 16

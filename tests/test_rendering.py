@@ -108,7 +108,7 @@ def ref_composite(proj, opac, colors, W, H, bg=None, xy=None, conic=None, op=Non
         for xx in range(W):
             tx, ty = xx // TILE, yy // TILE
             T = 1.0
-            used, alphas = [], []
+            used = []
             for i in vis:
                 x0, x1, y0, y1 = tiles[i]
                 if not (x0 <= tx < x1 and y0 <= ty < y1):

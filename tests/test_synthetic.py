@@ -16,7 +16,13 @@ from plyfile import PlyData
 from scipy import ndimage
 
 from segsplat_ns import synthetic
-from segsplat_ns.synthetic import SceneConfig, build_scene, cast_rays, make_scene, sample_seed_points
+from segsplat_ns.synthetic import (
+    SceneConfig,
+    build_scene,
+    cast_rays,
+    make_scene,
+    sample_seed_points,
+)
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -194,7 +200,9 @@ def _install_open3d_shim_if_needed(monkeypatch):
 
 
 def test_nerfstudio_dataparser_loads_it(scene_dir: Path, monkeypatch):
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import (
+        NerfstudioDataParserConfig,
+    )
 
     _install_open3d_shim_if_needed(monkeypatch)
     cfg = SceneConfig(output=scene_dir)
@@ -358,16 +366,6 @@ def test_interrupted_write_never_leaves_a_missing_or_partial_png(tmp_path: Path,
         Image.open(out / p).load()  # every png is complete (old or new version)
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
     assert not (out / "transforms.json").exists()  # the half-overwritten folder is not a loadable dataset
-
-
-def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path, monkeypatch):
-    target = tmp_path / "frame_00000.png"
-    synthetic.atomic_write_bytes(target, b"old")
-    monkeypatch.setattr(synthetic.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
-        synthetic.atomic_write_bytes(target, b"new content")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["frame_00000.png"]
 
 
 def test_config_validation(tmp_path: Path):

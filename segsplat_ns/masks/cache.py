@@ -30,7 +30,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
+from segsplat_ns.io import atomic_open
 from segsplat_ns.masks.sources import MaskSource, MaskSourceError
 
 MAGIC = b"SSMASKS1"
@@ -115,39 +115,11 @@ def key_hash(key: Dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(key).encode()).hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
-    On any failure (or interrupt) the temp file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    """Write ``chunks`` to ``path`` atomically (see :func:`segsplat_ns.io.atomic_open`)."""
+    with atomic_open(path) as handle:
+        for chunk in chunks:
+            handle.write(chunk)
 
 
 def write_cache_file(path: Path, key: Dict[str, Any], blobs: List[bytes], shapes: List[Tuple[int, int, int]]) -> None:

@@ -21,7 +21,6 @@ import hashlib
 import heapq
 import json
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
+
+from segsplat_ns.io import atomic_open
 
 # The option prefix under which ``MaskSourceConfig`` appears in ``ns-train`` (used in messages only).
 CLI_PREFIX = "--pipeline.datamanager.masks"
@@ -311,30 +312,19 @@ def download_file(url: str, dest: Path, timeout: float = 30.0) -> None:
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}") as bar:
-                done = 0
-                while True:
-                    chunk = r.read(1 << 20)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    done += len(chunk)
-                    bar.update(len(chunk))
-            if total is not None and done != total:
-                raise OSError(f"download truncated: got {done} of {total} bytes")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(dest, suffix=".part") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}") as bar:
+            done = 0
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
+        if total is not None and done != total:
+            raise OSError(f"download truncated: got {done} of {total} bytes")
 
 
 def _missing_checkpoint_error(model_type: str, expected: Path, reason: str) -> MaskSourceError:

@@ -15,11 +15,16 @@ from typing import Any, Dict, List, Optional, Type
 
 import torch
 import torch.nn.functional as F
-from nerfstudio.cameras.cameras import Cameras
 from torch.nn import Parameter
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.methods.saga_loss import ScaleGate, knn_indices, knn_smooth, saga_loss, sample_training_scales
+from segsplat_ns.methods.saga_loss import (
+    ScaleGate,
+    knn_indices,
+    knn_smooth,
+    saga_loss,
+    sample_training_scales,
+)
 
 
 @dataclass
