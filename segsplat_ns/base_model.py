@@ -244,8 +244,15 @@ class SegSplatModel(SplatfactoModel):
         return groups
 
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
-        super().load_state_dict(dict, **kwargs)
-        # splatfacto sets step 30000 on load (for its sh schedule); keep a loaded model in its feature stage
+        # splatfacto replaces each Gaussian Parameter with a new one of the checkpoint's size. On resume
+        # (--load-dir) the trainer has already built its optimizers around the old objects, which then
+        # receive every update while the model renders the new, frozen ones. Resizing in place keeps the
+        # same Parameter objects, so optimizers made before loading stay attached.
+        num_points = dict["gauss_params.means"].shape[0]
+        for param in self.gauss_params.values():
+            param.data = param.data.new_zeros((num_points,) + tuple(param.shape[1:]))
+        torch.nn.Module.load_state_dict(self, dict, **kwargs)
+        # a loaded model is past stage one (splatfacto likewise sets step 30000 for its SH schedule)
         self.step = max(self.step, self.feature_start_step)
 
     def step_post_backward(self, step):
