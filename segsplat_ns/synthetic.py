@@ -285,9 +285,11 @@ def _snowman():
 
 
 def _table():
-    legs = [_box((sx * 0.36 - 0.06, sy * 0.24 - 0.06, 0.0), (sx * 0.36 + 0.06, sy * 0.24 + 0.06, 0.5))
-            for sx in (-1, 1) for sy in (-1, 1)]
-    return [("top", [_box((-0.46, -0.34, 0.5), (0.46, 0.34, 0.62))]), ("legs", legs)]
+    # A pedestal table: every part is compact. (Four legs as one "part" span the whole table, so their 3D
+    # scale equals the object's and no scale prompt can tell them from the table: see docs/saga.md.)
+    return [("top", [_box((-0.46, -0.34, 0.5), (0.46, 0.34, 0.62))]),
+            ("pedestal", [_box((-0.1, -0.1, 0.06), (0.1, 0.1, 0.5))]),
+            ("foot", [_box((-0.3, -0.24, 0.0), (0.3, 0.24, 0.06))])]
 
 
 def _mushroom():
@@ -296,7 +298,7 @@ def _mushroom():
 
 def _lamp():
     return [("foot", [_cyl(0, 0, 0.26, 0.0, 0.09)]),
-            ("pole", [_cyl(0, 0, 0.07, 0.09, 0.78)]),
+            ("pole", [_cyl(0, 0, 0.1, 0.09, 0.78)]),  # thick enough to be several pixels wide at 96 px
             ("shade", [_cyl(0, 0, 0.24, 0.72, 1.05)])]
 
 

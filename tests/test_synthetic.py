@@ -269,7 +269,8 @@ def test_sam_masks_layout_nesting_and_flaws(scene_dir: Path):
         assert (m.sum(axis=(1, 2)) >= synthetic.MIN_MASK_AREA).all()
         for oid in np.unique(objects[objects > 0]):
             om = objects == oid
-            if om.sum() >= 2 * synthetic.MIN_MASK_AREA:
+            # slivers of occluded objects: a 2-pixel boundary jitter alone can halve their IoU
+            if om.sum() >= 100:
                 assert max(_iou(x, om) for x in m) > 0.6, f"no mask for visible object {oid}"
         # every mask lies inside one object (up to a 2-pixel boundary jitter): parts nest in their objects
         for x in m:

@@ -105,5 +105,8 @@ def segmentation_metrics(
         details[level] = results
         if results:
             metrics[f"seg_{level}_miou"] = float(np.mean([r.iou for r in results]))
+            metrics[f"seg_{level}_min_iou"] = float(min(r.iou for r in results))
             metrics[f"seg_{level}_count"] = float(len(results))
+            for r in results:  # one line per target in ns-eval's JSON, so a weak part is not hidden by the mean
+                metrics[f"seg_{level}_iou/{r.name}"] = r.iou
     return metrics, details
