@@ -46,10 +46,12 @@ class Demo:
     """Folder for the scene and the run (replaced if it exists)."""
     seed: int = 0
     """Seed of the synthetic scene."""
-    rgb_steps: int = 3000
+    rgb_steps: int = 2000
     """Stage one (RGB splat) steps."""
-    feature_steps: int = 2000
+    feature_steps: int = 1500
     """Stage two (SAGA affinity features) steps."""
+    sampled_pixels: int = 512
+    """Pixels per step for SAGA's pairwise loss (paper: 1000; the loss is quadratic in it, so CPU runs use fewer)."""
 
     def main(self) -> int:
         from segsplat_ns.synthetic import SceneConfig, make_scene
@@ -66,6 +68,7 @@ class Demo:
             "--output-dir", str(self.workdir / "runs"), "--experiment-name", "demo", "--timestamp", "run",
             "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
             *small_scene_training_args(self.rgb_steps, self.feature_steps),
+            "--pipeline.model.num-sampled-pixels", str(self.sampled_pixels),
         ]
         print("[2/3] " + " ".join(train_cmd[1:]))
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,0 +1,55 @@
+"""The `segsplat` command's help, and the CPU/offline compatibility pieces that need no trained model."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from conftest import BIN, run
+
+
+@pytest.mark.parametrize("words", [["--help"], ["make-scene", "--help"], ["segment", "--help"], ["demo", "--help"]])
+def test_segsplat_help(words, tmp_path):
+    result = run([str(BIN / "segsplat"), *words], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: segsplat" in result.stdout
+
+
+def test_make_scene_refuses_to_overwrite_with_a_clear_message(tmp_path):
+    (tmp_path / "scene").mkdir()
+    (tmp_path / "scene" / "keep.txt").write_text("user data")
+    result = run([str(BIN / "segsplat"), "make-scene", "--output", "scene"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "scene" / "keep.txt").read_text() == "user data"
+
+
+def test_lpips_without_weights_is_reported_unavailable(monkeypatch):
+    import torchmetrics.image.lpip as lpip
+
+    from segsplat_ns import compat
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", offline)
+    with pytest.warns(UserWarning, match="LPIPS not available"):
+        lpips = compat.make_lpips()
+    assert isinstance(lpips, compat.LpipsUnavailable)
+    assert torch.isnan(lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)))
+
+
+def test_default_device_type_follows_cuda_availability():
+    from segsplat_ns.compat import default_device_type
+
+    assert default_device_type() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_nerfstudio_discovers_the_saga_method():
+    from nerfstudio.plugins.registry import discover_methods
+
+    methods, descriptions = discover_methods()
+    assert "saga" in methods and "SAGA" in descriptions["saga"]
+    assert np.isclose(methods["saga"].optimizers["affinity_features"]["optimizer"].lr, 0.0025)
