@@ -20,6 +20,15 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
   fi
 fi
 
+# The viewer's browser test drives Debian's Chromium (it skips, saying so, where there is none).
+if [ "${SEGSPLAT_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium and chromium-driver (for the viewer's browser test)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+      || echo "warning: could not install chromium; the browser test will be skipped" >&2
+  fi
+fi
+
 stamp=.venv/.segsplat-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -101,6 +101,8 @@ class SegSplatModel(SplatfactoModel):
 
     config: SegSplatModelConfig
     feature_key = "seg_features"
+    viewer_hook: Optional[Callable[[Cameras, Optional[torch.Tensor], Dict[str, Any]], Dict[str, Any]]] = None
+    """Set by the pipeline's viewer controls (:mod:`segsplat_ns.viewer`): adds the selection outputs to eval renders."""
 
     # ---- construction -------------------------------------------------------------------------------
     def populate_modules(self) -> None:
@@ -330,6 +332,8 @@ class SegSplatModel(SplatfactoModel):
             outputs.update(self._render_rgb(camera, crop_ids, feature_stage))
         if (self.training and feature_stage) or (not self.training and self.has_features):
             outputs.update(self.segmentation_outputs(camera, crop_ids))
+        if not self.training and self.viewer_hook is not None:
+            outputs = self.viewer_hook(camera, crop_ids, outputs)
         return outputs
 
     def _render_rgb(self, camera: Cameras, crop_ids: Optional[torch.Tensor], feature_stage: bool) -> Dict[str, Any]:

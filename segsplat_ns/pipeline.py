@@ -48,6 +48,10 @@ class SegSplatPipeline(VanillaPipeline):
                 config.datamanager.masks.check_available(self.datamanager.data_dir)
         except user_error_types() as error:
             raise SystemExit(f"error: {error}") from None  # a clear line from inside ns-train, not a traceback
+        from segsplat_ns.viewer import SegmentationControls
+
+        # the web viewer's segmentation panel (parameter-free: the state dict is unchanged)
+        self.segmentation = SegmentationControls(self)
 
     def get_train_loss_dict(self, step: int):
         if self.model.in_feature_stage and not self.datamanager.masks_ready:

@@ -119,7 +119,14 @@ class Segmenter:
 
     @torch.no_grad()
     def decompose(self, scale: float, **kwargs) -> torch.Tensor:
-        """Every Gaussian labelled by its HDBSCAN cluster of gated features at this scale: [N] long."""
+        """Every Gaussian labelled by its HDBSCAN cluster of gated features at this scale: [N] long.
+
+        A model with discrete labels (``labels_at_scale``, e.g. binary codes) gives them directly.
+        """
+        scale = self.check_scale(scale)
+        labels_at_scale = getattr(self.model, "labels_at_scale", None)
+        if callable(labels_at_scale):
+            return labels_at_scale(scale)
         from segsplat_ns.decompose import decompose
 
-        return decompose(self.model.decomposition_features(self.check_scale(scale)), **kwargs)
+        return decompose(self.model.decomposition_features(scale), **kwargs)

@@ -22,12 +22,13 @@ def run(args, cwd, env_extra=None, timeout=900):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_args(scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS):
+def train_args(scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS, method: str = "saga"):
+    sampling = ["--pipeline.model.num-sampled-pixels", "256"] if method == "saga" else []
     return [
-        str(BIN / "ns-train"), "saga", "--data", str(scene), "--output-dir", "runs", "--experiment-name", name,
+        str(BIN / "ns-train"), method, "--data", str(scene), "--output-dir", "runs", "--experiment-name", name,
         "--timestamp", "t", "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
         *small_scene_training_args(rgb_steps, feature_steps),
-        "--pipeline.model.num-sampled-pixels", "256",
+        *sampling,
     ]
 
 

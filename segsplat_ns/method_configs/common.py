@@ -1,11 +1,22 @@
-"""Optimizer settings every method shares: splatfacto's own (nerfstudio 1.1.5 method_configs)."""
+"""What every method's `ns-train` config shares: splatfacto's optimizers and trainer settings (nerfstudio 1.1.5)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+
+from segsplat_ns.base_model import SegSplatModelConfig
+from segsplat_ns.compat import allow_nerfstudio_checkpoints, default_device_type
+from segsplat_ns.datamanager import SegSplatDataManagerConfig
+from segsplat_ns.pipeline import SegSplatPipelineConfig
+
+# Method configs are imported by nerfstudio's method discovery before any checkpoint is read
+# (ns-train --load-dir, ns-eval, ns-viewer).
+allow_nerfstudio_checkpoints()
 
 
 def splatfacto_optimizers(rgb_steps: int) -> Dict[str, Dict[str, Any]]:
@@ -33,3 +44,27 @@ def splatfacto_optimizers(rgb_steps: int) -> Dict[str, Dict[str, Any]]:
             ),
         },
     }
+
+
+def segsplat_trainer_config(
+    method_name: str,
+    model: SegSplatModelConfig,
+    method_optimizers: Dict[str, Dict[str, Any]],
+    feature_steps: int,
+) -> TrainerConfig:
+    """The TrainerConfig every method shares: splatfacto's settings for ``model.rgb_steps`` RGB steps, then
+    ``feature_steps`` of the method's own training; CPU chosen automatically when CUDA is absent."""
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=1_000_000,
+        max_num_iterations=model.rgb_steps + feature_steps,
+        mixed_precision=False,
+        machine=MachineConfig(device_type=default_device_type()),
+        pipeline=SegSplatPipelineConfig(datamanager=SegSplatDataManagerConfig(), model=model),
+        optimizers={**splatfacto_optimizers(model.rgb_steps), **method_optimizers},
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )

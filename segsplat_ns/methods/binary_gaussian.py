@@ -1,0 +1,579 @@
+"""Binary-Gaussian (Yang et al., AAAI-26, arXiv 2512.00944): what the paper adds to the shared base.
+
+- a D-dim latent per Gaussian (D = sum of the level widths D_l, default 12/10/10 = 32); its bits
+  f̄_i = I(latent > 0.5) (straight-through: the latent gets the gradient) are rendered through the frozen
+  geometry (Eq. 2) and the rendered F_p is binarised per pixel with the straight-through estimator (Eq. 3);
+- L coarse-to-fine levels: level l's label is the concatenation of the bits of levels 1..l (Eq. 4), i.e. an
+  integer *prefix* of the 32-bit code;
+- progressive contrastive learning (Eq. 5-6), the virtual negative for positive-only groups (Eq. 7), the
+  binarisation regulariser (Eq. 8), weights lambda_reg/guiding/con = 10/1/1 (Eq. 9);
+- mask-balanced pixel sampling (Sec. 3.5: 2k random pixels + 8k from randomly chosen masks);
+- opacity fine-tuned at 2% of its initial learning rate during the feature stage (Sec. 3.5 / 4.2);
+- after training, each Gaussian keeps ONE 32-bit integer (buffer ``binary_codes``, int32 [N]); the float latent
+  and its optimizer state are dropped from the final checkpoint.
+
+Masks -> levels (the paper uses SAM's multi-granularity masks without saying how they become L levels; this
+is our mapping, also in ``docs/binary-gaussian.md``). Per training image:
+
+1. nesting: mask j is an *ancestor* of mask i when j is larger (quantile-normalised 3D scale, ties by area) and
+   covers at least ``nest_fraction`` (0.8) of i's pixels. A mask's nesting depth is its number of ancestors;
+   its level is ``min(depth, L - 1)`` (0-based): top-level masks (whole objects) are level 1, masks inside one
+   other mask (parts) level 2, deeper masks level 3 (all deeper ones are merged into the finest level);
+2. a pixel's label at level l is the *smallest* mask of level <= l containing it, so a region with no finer
+   mask keeps its coarser label (it is "indivisible" there: a positive-only group, Eq. 7);
+3. group ids are made hierarchical (level-l id = (level-(l-1) id, label)), so M_p^l = M_q^l implies
+   M_p^{l-1} = M_q^{l-1}, as Eq. 6's induction assumes even when noisy masks overlap without nesting;
+4. pixels covered by no top-level mask (background, or the 1-2 px rim of a dilated part mask) take no part in
+   the contrastive terms (as SAGA samples only pixels covered by a mask).
+
+Scale -> level (the shared segmenter's ``scale`` in [0, 1] is the quantile of 3D mask sizes). During training the
+model keeps, per level, a 20-bin histogram of the normalised scales of the masks assigned to it (buffer
+``level_scale_hist`` [L, 20], plus ``level_scale_sum`` / ``level_scale_count``; all saved with the checkpoint). A
+prompt at scale s uses the level with the most masks in s's bin (ties: the coarser level); if no level has a mask
+in that bin, the level whose mean mask scale is nearest to s (levels that never received a mask are skipped).
+With no statistics at all (an untrained model) the fallback is fixed bands: s >= 2/3 -> level 1 (coarse),
+1/3 <= s < 2/3 -> level 2, s < 1/3 -> level 3.
+
+Code layout: bit 31 (most significant) is latent channel 0, so level l's label is ``code >> (32 - B_l)`` with
+B_l = D_1 + ... + D_l (unsigned view of the int32). Widths summing to less than 32 leave the low bits zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import (
+    TrainingCallback,
+    TrainingCallbackAttributes,
+    TrainingCallbackLocation,
+)
+from torch import Tensor
+
+from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+
+CODE_BITS = 32
+SCALE_BINS = 20
+_SURROGATE_EPS = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure functions (no model state): STE, codes, masks -> levels, sampling, losses
+# ---------------------------------------------------------------------------------------------------------
+def ste_binarize(x: Tensor) -> Tensor:
+    """Eq. 3: ``stop_grad(I(x > 0.5) - x) + x``. Forward exactly {0, 1}; gradient the identity.
+
+    Written as ``hard + (x - x.detach())`` so the forward value is bit-exact (``x - x.detach()`` is exactly 0).
+    """
+    hard = (x > 0.5).to(x.dtype)
+    return hard + (x - x.detach())
+
+
+def level_slices(widths: Sequence[int]) -> List[Tuple[int, int]]:
+    """[start, end) channel range of each level in the concatenated latent."""
+    bounds, start = [], 0
+    for width in widths:
+        bounds.append((start, start + int(width)))
+        start += int(width)
+    return bounds
+
+
+def prefix_bits(widths: Sequence[int], level: int) -> int:
+    """B_l = D_1 + ... + D_l for a 0-based level index."""
+    return int(sum(widths[: level + 1]))
+
+
+def pack_codes(bits: Tensor) -> Tensor:
+    """Bits [..., D] (bool or {0,1}, D <= 32; channel 0 = most significant bit) -> unsigned code, int64 [...]."""
+    d = bits.shape[-1]
+    if d > CODE_BITS:
+        raise ValueError(f"{d} bits do not fit a 32-bit code")
+    weights = torch.tensor([1 << (CODE_BITS - 1 - j) for j in range(d)], dtype=torch.int64, device=bits.device)
+    return (bits.to(torch.int64) * weights).sum(-1)
+
+
+def unpack_codes(codes: Tensor, num_bits: int) -> Tensor:
+    """Unsigned (int64) or int32 codes [...] -> bits [..., num_bits] as bool (channel 0 = MSB)."""
+    unsigned = codes.to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.tensor([CODE_BITS - 1 - j for j in range(num_bits)], dtype=torch.int64, device=codes.device)
+    return ((unsigned[..., None] >> shifts) & 1).bool()
+
+
+def to_int32(codes: Tensor) -> Tensor:
+    """Unsigned codes in [0, 2^32) -> the same 32 bits as int32 (two's complement)."""
+    codes = codes.to(torch.int64)
+    return torch.where(codes >= (1 << 31), codes - (1 << 32), codes).to(torch.int32)
+
+
+def code_prefix(codes: Tensor, num_prefix_bits: int) -> Tensor:
+    """Class label at a level: the top ``num_prefix_bits`` bits, ``code >> (32 - B_l)`` on the unsigned view."""
+    return (codes.to(torch.int64) & 0xFFFFFFFF) >> (CODE_BITS - num_prefix_bits)
+
+
+def mask_levels(
+    masks: Tensor, mask_scales: Tensor, num_levels: int, nest_fraction: float = 0.8, max_pixels: int = 16384
+) -> Tensor:
+    """Level (0-based) of each mask of one image: ``min(nesting depth, L - 1)`` (see the module docstring).
+
+    ``masks`` bool [M, H, W]; ``mask_scales`` [M]. Containment is measured on a strided copy of at most
+    ``max_pixels`` pixels (cheap on large images).
+    """
+    m = masks.shape[0]
+    if m == 0:
+        return torch.zeros(0, dtype=torch.long, device=masks.device)
+    h, w = masks.shape[1:]
+    stride = max(1, int(math.ceil(math.sqrt(h * w / max_pixels))))
+    flat = masks[:, ::stride, ::stride].reshape(m, -1).float()
+    area = flat.sum(-1)
+    if bool((area == 0).any()):  # a tiny mask the stride missed: use full resolution for exactness
+        flat = masks.reshape(m, -1).float()
+        area = flat.sum(-1)
+    inter = flat @ flat.T  # [M, M], inter[i, j] = |M_i & M_j|
+    scales = mask_scales.to(flat.device, torch.float32).reshape(-1)
+    larger = (scales[None, :] > scales[:, None]) | ((scales[None, :] == scales[:, None]) & (area[None, :] > area[:, None]))
+    covers = inter >= nest_fraction * area[:, None].clamp_min(1.0)
+    ancestors = larger & covers  # [i, j]: j is an ancestor of i
+    depth = ancestors.sum(-1)
+    return depth.clamp(max=num_levels - 1).long()
+
+
+def pixel_level_groups(membership: Tensor, mask_scales: Tensor, levels: Tensor, num_levels: int) -> Tensor:
+    """Hierarchical group id of each sampled pixel at each level: long [L, P], -1 for excluded pixels.
+
+    ``membership`` bool [P, M] (pixel p inside mask i); ``levels`` [M] from :func:`mask_levels`. The label at
+    level l is the smallest mask (by scale, ties by index) of level <= l containing the pixel; the id at level
+    l encodes the ids of all coarser levels too.
+    """
+    p, m = membership.shape
+    device = membership.device
+    if m == 0:
+        return torch.full((num_levels, p), -1, dtype=torch.long, device=device)
+    order_key = mask_scales.to(device, torch.float32).reshape(-1)
+    # rank masks by scale so "smallest" is an argmin over integer ranks (ties broken by index)
+    rank = torch.empty(m, dtype=torch.long, device=device)
+    rank[torch.argsort(order_key, stable=True)] = torch.arange(m, device=device)
+    big = torch.iinfo(torch.long).max
+    groups = torch.full((num_levels, p), -1, dtype=torch.long, device=device)
+    previous = None
+    for level in range(num_levels):
+        candidate = membership.bool() & (levels.to(device) <= level)[None, :]
+        keyed = torch.where(candidate, rank[None, :], torch.full_like(rank[None, :], big))
+        best = keyed.argmin(-1)
+        label = torch.where(candidate.any(-1), best, torch.full_like(best, -1))
+        if level == 0:
+            current = label
+        else:
+            current = torch.where(previous >= 0, previous * (m + 1) + label + 1, torch.full_like(previous, -1))
+        groups[level] = current
+        previous = current
+    return groups
+
+
+def mask_balanced_pixels(
+    masks: Tensor, num_random: int, num_mask_pixels: int, num_masks: int, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """Mask-balanced sampling (Sec. 3.5): ``num_random`` uniform pixels plus ``num_mask_pixels`` pixels split
+    evenly over up to ``num_masks`` masks drawn at random (with replacement inside each mask). Flat ids [P]."""
+    m, h, w = masks.shape
+    device = masks.device
+    random_ids = torch.randperm(h * w, device=device, generator=generator)[: min(num_random, h * w)]
+    flat = masks.reshape(m, -1)
+    nonempty = torch.nonzero(flat.any(-1)).reshape(-1)
+    if nonempty.numel() == 0 or num_mask_pixels <= 0 or num_masks <= 0:
+        return random_ids
+    chosen = nonempty[torch.randperm(nonempty.numel(), device=device, generator=generator)[:num_masks]]
+    per_mask = max(1, num_mask_pixels // chosen.numel())
+    picked = [random_ids]
+    for index in chosen.tolist():
+        inside = torch.nonzero(flat[index]).reshape(-1)
+        picked.append(inside[torch.randint(inside.numel(), (per_mask,), device=device, generator=generator)])
+    return torch.cat(picked)
+
+
+def _pair_distance(binary: Tensor, continuous: Tensor) -> Tensor:
+    """||F̄_p - F̄_q||_2 for all pairs [P, P]: the forward value is the exact distance of the binarised features;
+    the gradient is that of sqrt(||F_p - F_q||^2 + eps) on the continuous rendered features.
+
+    CHOICE: the gradient of ||a - b|| evaluated at binary a = b is 0/0 (PyTorch gives 0), so two pixels of a
+    negative pair whose bits collide would never be pushed apart. Evaluating the Jacobian at the continuous
+    features (which the STE treats as identical to the binary ones) keeps a direction to separate them.
+    """
+    with torch.no_grad():
+        exact = torch.cdist(binary.detach(), binary.detach())
+    sq = (continuous * continuous).sum(-1)
+    squared = (sq[:, None] + sq[None, :] - 2.0 * continuous @ continuous.T).clamp_min(0.0)
+    surrogate = torch.sqrt(squared + _SURROGATE_EPS)
+    return surrogate + (exact - surrogate).detach()
+
+
+def progressive_pair_losses(
+    features: Tensor, groups: Tensor, widths: Sequence[int]
+) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    """Eq. 5-6 per pair: for each level, (values [P, P], positive [P, P] bool, negative [P, P] bool).
+
+    value = ||F̄_p^l - F̄_q^l||_2 if M_p^l = M_q^l (positive); D_l - ||F̄_p^l - F̄_q^l||_2 if M_p^l != M_q^l but
+    M_p^{l-1} = M_q^{l-1} (negative; at level 1 every valid pair has the same parent); 0 otherwise. The diagonal
+    and excluded pixels (group -1) are in neither set. ``features`` are the continuous rendered F [P, D].
+    """
+    binary = ste_binarize(features)
+    p = features.shape[0]
+    valid = groups[0] >= 0
+    pair_valid = valid[:, None] & valid[None, :] & ~torch.eye(p, dtype=torch.bool, device=features.device)
+    values, positives, negatives = [], [], []
+    for level, (start, end) in enumerate(level_slices(widths)):
+        distance = _pair_distance(binary[:, start:end], features[:, start:end])
+        same = groups[level][:, None] == groups[level][None, :]
+        if level == 0:
+            same_parent = torch.ones_like(same)
+        else:
+            same_parent = groups[level - 1][:, None] == groups[level - 1][None, :]
+        positive = pair_valid & same
+        negative = pair_valid & ~same & same_parent
+        value = torch.where(positive, distance, torch.where(negative, float(end - start) - distance, torch.zeros_like(distance)))
+        values.append(value)
+        positives.append(positive)
+        negatives.append(negative)
+    return values, positives, negatives
+
+
+def progressive_contrastive_loss(features: Tensor, groups: Tensor, widths: Sequence[int]) -> Tensor:
+    """sum_l L_level-l, each the mean of Eq. 6 over the pairs it constrains (cases 1 and 2, ordered, p != q)."""
+    values, positives, negatives = progressive_pair_losses(features, groups, widths)
+    total = features.new_zeros(())
+    for value, positive, negative in zip(values, positives, negatives):
+        count = int((positive | negative).sum())
+        if count > 0:
+            total = total + value.sum() / count
+    return total
+
+
+def positive_only_pixels(groups: Tensor, level: int, min_pixels: int = 2) -> Tensor:
+    """Pixels [P] bool whose level-(l-1) group (the whole image at level 1) contains at least ``min_pixels``
+    sampled pixels that all share one level-l group: a group with positive pairs only, no negative (Eq. 7)."""
+    valid = groups[0] >= 0
+    p = groups.shape[1]
+    out = torch.zeros(p, dtype=torch.bool, device=groups.device)
+    if not bool(valid.any()):
+        return out
+    parent = torch.zeros(p, dtype=torch.long, device=groups.device) if level == 0 else groups[level - 1]
+    parent_v, child_v = parent[valid], groups[level][valid]
+    parents, parent_index, parent_count = torch.unique(parent_v, return_inverse=True, return_counts=True)
+    pairs = torch.unique(torch.stack([parent_index, child_v]), dim=1)
+    children_per_parent = torch.bincount(pairs[0], minlength=parents.numel())
+    only = (children_per_parent == 1) & (parent_count >= min_pixels)
+    out[valid] = only[parent_index]
+    return out
+
+
+def virtual_negative_loss(features: Tensor, groups: Tensor, widths: Sequence[int]) -> Tensor:
+    """sum_l L_VN-l: mean of ||F̄_p^l||_2 (distance to nothing set, i.e. away from the all-one virtual negative)
+    over the pixels of positive-only groups at level l (Eq. 7); 0 at levels with no such group."""
+    binary = ste_binarize(features)
+    total = features.new_zeros(())
+    for level, (start, end) in enumerate(level_slices(widths)):
+        chosen = positive_only_pixels(groups, level)
+        if bool(chosen.any()):
+            part = binary[chosen, start:end]
+            total = total + torch.sqrt((part * part).sum(-1) + _SURROGATE_EPS).mean()
+    return total
+
+
+def binarization_loss(features: Tensor) -> Tensor:
+    """Eq. 8: ||I(F_p > 0.5) - F_p||_2^2, averaged over pixels."""
+    if features.shape[0] == 0:
+        return features.sum() * 0.0
+    hard = (features.detach() > 0.5).to(features.dtype)
+    return ((hard - features) ** 2).sum(-1).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BinaryGaussianModelConfig(SegSplatModelConfig):
+    """Binary-Gaussian's 32-bit coarse-to-fine codes on top of splatfacto."""
+
+    _target: Type = field(default_factory=lambda: BinaryGaussianModel)
+    level_bits: Tuple[int, ...] = (12, 10, 10)
+    """D_l: bits of each granularity level l = 1..L, coarse to fine (paper: 12/10/10, D = sum D_l <= 32)."""
+    feature_dim: int = 32
+    """D = sum of level-bits (set from level-bits; any value given here is replaced)."""
+    num_random_pixels: int = 2000
+    """Pixels sampled uniformly per image (paper: 2k)."""
+    num_mask_pixels: int = 8000
+    """Pixels sampled by mask-balanced sampling per image (paper: 8k), split evenly over num-balanced-masks."""
+    num_balanced_masks: int = 16
+    """Masks drawn at random per image for mask-balanced sampling."""
+    nest_fraction: float = 0.8
+    """A larger mask covering at least this fraction of a mask is its ancestor (masks -> levels by nesting depth)."""
+    lambda_reg: float = 10.0
+    """lambda_reg: weight of the binarisation regulariser L_reg (Eq. 8-9; paper 10)."""
+    lambda_guiding: float = 1.0
+    """lambda_guiding: weight of the virtual-negative guidance sum_l L_VN-l (Eq. 7, 9; paper 1)."""
+    lambda_con: float = 1.0
+    """lambda_con: weight of the progressive contrastive loss sum_l L_level-l (Eq. 5-6, 9; paper 1)."""
+    opacity_finetune: bool = True
+    """Let the opacities receive gradients in the feature stage (Sec. 3.5)."""
+    opacity_lr_factor: float = 0.02
+    """Opacity learning rate in the feature stage as a fraction of its initial one (paper: 2%, 0.05 -> 0.001)."""
+    finalize_codes: bool = True
+    """At the last training step, store each Gaussian's code as one int32 and drop the float latent."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.level_bits = tuple(int(b) for b in self.level_bits)
+        if not self.level_bits or any(b <= 0 for b in self.level_bits) or sum(self.level_bits) > CODE_BITS:
+            raise ValueError(f"level-bits {self.level_bits}: need positive widths summing to at most {CODE_BITS}")
+        self.feature_dim = sum(self.level_bits)
+
+
+class BinaryGaussianModel(SegSplatModel):
+    config: BinaryGaussianModelConfig
+    feature_key = "binary_latent"
+
+    # ---- construction -----------------------------------------------------------------------------
+    def populate_method_modules(self) -> None:
+        num_levels = len(self.config.level_bits)
+        self.register_buffer("binary_codes", torch.zeros(0, dtype=torch.int32))
+        self.register_buffer("codes_finalized", torch.tensor(False))
+        self.register_buffer("level_scale_sum", torch.zeros(num_levels))
+        self.register_buffer("level_scale_count", torch.zeros(num_levels))
+        self.register_buffer("level_scale_hist", torch.zeros(num_levels, SCALE_BINS))
+        self._cache: Dict[Any, Tensor] = {}
+        self._opacity_base_lr: Optional[List[float]] = None
+
+    def initial_features(self, num_points: int) -> Tensor:
+        # near the 0.5 threshold: random initial bits that the first few hundred steps can still flip
+        return 0.5 + 0.1 * (torch.rand(num_points, self.config.feature_dim) - 0.5)
+
+    @property
+    def widths(self) -> Tuple[int, ...]:
+        return self.config.level_bits
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.config.level_bits)
+
+    # ---- codes --------------------------------------------------------------------------------------
+    @property
+    def latent(self) -> Tensor:
+        return self.gauss_params[self.feature_key]
+
+    def _codes_key(self) -> Tuple:
+        """Changes whenever the codes may have (latent updated, codes stored, Gaussians resized)."""
+        if bool(self.codes_finalized):
+            return ("codes", self.binary_codes._version, self.binary_codes.data_ptr(), self.binary_codes.shape[0])
+        return ("latent", self.latent._version, self.latent.data_ptr(), self.num_points)
+
+    def _memo(self, key, compute) -> Tensor:
+        state = self._codes_key()
+        if self._cache.get("__state") != state:
+            self._cache = {"__state": state}
+        if key not in self._cache:
+            with torch.no_grad():
+                self._cache[key] = compute()
+        return self._cache[key]
+
+    def gaussian_codes(self) -> Tensor:
+        """Unsigned 32-bit code of every Gaussian, int64 [N]: the stored int32 once finalised, else I(latent > 0.5)."""
+        if bool(self.codes_finalized):
+            return self._memo("codes", lambda: self.binary_codes.to(torch.int64) & 0xFFFFFFFF)
+        return self._memo("codes", lambda: pack_codes(self.latent.detach() > 0.5))
+
+    def gaussian_prefixes(self, level: int) -> Tensor:
+        """Class_i^l = Bin2Dec(f̄_i^{1:l}) for every Gaussian, int64 [N] (0-based level)."""
+        return self._memo(("prefix", level), lambda: code_prefix(self.gaussian_codes(), prefix_bits(self.widths, level)))
+
+    @torch.no_grad()
+    def finalize_codes(self, optimizers=None) -> None:
+        """Store I(latent > 0.5) as one int32 per Gaussian; drop the float latent and its optimizer state."""
+        if bool(self.codes_finalized) and self.latent.shape[1] == 0:
+            return
+        codes = pack_codes(self.latent.detach() > 0.5)
+        self._buffers["binary_codes"] = to_int32(codes).to(self.latent.device)
+        self.codes_finalized.fill_(True)
+        self.latent.data = self.latent.data.new_zeros((self.num_points, 0))
+        self.latent.grad = None
+        if optimizers is not None:
+            optimizer = optimizers.optimizers.get(self.feature_key) if hasattr(optimizers, "optimizers") else optimizers.get(self.feature_key)
+            if optimizer is not None:
+                optimizer.state.clear()
+        self._cache = {}
+
+    def _restore_latent(self) -> None:
+        """Training again after finalisation (resume): the latent restarts from the stored bits."""
+        if self.latent.shape[1] == 0 and bool(self.codes_finalized):
+            bits = unpack_codes(self.binary_codes, self.config.feature_dim).float()
+            self.latent.data = bits.to(self.latent.device)
+            self.codes_finalized.fill_(False)
+            self._cache = {}
+
+    def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
+        latent_key = f"gauss_params.{self.feature_key}"
+        if latent_key in dict:
+            self.latent.data = self.latent.data.new_zeros(dict[latent_key].shape)
+        if "binary_codes" in dict:
+            self._buffers["binary_codes"] = torch.zeros_like(dict["binary_codes"]).to(self.binary_codes.device)
+        super().load_state_dict(dict, **kwargs)
+        self._cache = {}
+
+    # ---- stage two: opacity fine-tuning and finalisation ---------------------------------------------
+    def _geometry(self, crop_ids: Optional[Tensor], detach: bool) -> Dict[str, Tensor]:
+        geometry = super()._geometry(crop_ids, detach)
+        if detach and self.config.opacity_finetune and self.training and self.in_feature_stage:
+            opacities = self.gauss_params["opacities"]
+            if crop_ids is not None:
+                opacities = opacities[crop_ids]
+            geometry["opacities"] = torch.sigmoid(opacities).squeeze(-1)  # the only geometry with a gradient
+        return geometry
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        callbacks.append(
+            TrainingCallback(
+                [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                self._set_opacity_lr,
+                args=[training_callback_attributes.optimizers],
+            )
+        )
+        callbacks.append(
+            TrainingCallback(
+                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                self._finalize_at_last_step,
+                args=[training_callback_attributes],
+            )
+        )
+        return callbacks
+
+    def _set_opacity_lr(self, optimizers, step: int) -> None:
+        optimizer = optimizers.optimizers.get("opacities")
+        if optimizer is None:
+            return
+        if self._opacity_base_lr is None:
+            self._opacity_base_lr = [group["lr"] for group in optimizer.param_groups]
+        factor = self.config.opacity_lr_factor if self.in_feature_stage else 1.0
+        for group, base in zip(optimizer.param_groups, self._opacity_base_lr):
+            group["lr"] = base * factor
+
+    def _finalize_at_last_step(self, attributes: TrainingCallbackAttributes, step: int) -> None:
+        trainer = attributes.trainer
+        if trainer is None or not self.config.finalize_codes or not self.in_feature_stage:
+            return
+        last = trainer._start_step + trainer.config.max_num_iterations - 1
+        if step >= last:
+            self.finalize_codes(attributes.optimizers)
+
+    # ---- rendering ----------------------------------------------------------------------------------
+    def feature_colors(self) -> Tensor:
+        if self.training and self.in_feature_stage:
+            self._restore_latent()
+            # Eq. 2 renders the Gaussians' *binary* features f̄_i: the STE makes the stored bits I(latent > 0.5)
+            # exactly what is rendered in training, with the latent receiving the gradient
+            return ste_binarize(self.latent)
+        return self._memo("bits", lambda: unpack_codes(self.gaussian_codes(), self.config.feature_dim).float())
+
+    def segmentation_outputs(self, camera: Cameras, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
+        features, alpha = self.render_features(self.feature_colors(), camera, crop_ids)
+        outputs = {"features": features, "feature_alpha": alpha}
+        if not self.training:
+            with torch.no_grad():
+                codes = pack_codes(features > 0.5)
+                covered = alpha > 0.5
+                background = torch.ones(3, device=features.device)
+                for level in range(self.num_levels):
+                    colors = prefix_colors(code_prefix(codes, prefix_bits(self.widths, level)), level)
+                    outputs[f"panoptic_level{level + 1}"] = torch.where(covered, colors, background)
+        return outputs
+
+    # ---- training -----------------------------------------------------------------------------------
+    def feature_loss_dict(self, outputs: Dict[str, Tensor], batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        features = outputs["features"]  # [H, W, D] continuous rendered latent F
+        height, width = features.shape[:2]
+        masks = batch["masks"].to(self.device).bool()
+        scales = batch["mask_scales"].to(self.device).float()
+        if masks.shape[1:] != (height, width):
+            raise ValueError(f"masks are {tuple(masks.shape[1:])} but the feature map is {(height, width)}")
+        flat = features.reshape(-1, features.shape[-1])
+        if masks.shape[0] == 0:
+            zero = flat.sum() * 0.0
+            return {"binarization_loss": zero, "virtual_negative_loss": zero, "progressive_contrastive_loss": zero}
+        levels = mask_levels(masks, scales, self.num_levels, self.config.nest_fraction)
+        with torch.no_grad():
+            self.level_scale_sum.index_add_(0, levels, scales.to(self.level_scale_sum))
+            self.level_scale_count.index_add_(0, levels, torch.ones_like(scales).to(self.level_scale_count))
+            bins = (scales.clamp(0.0, 1.0) * SCALE_BINS).long().clamp(max=SCALE_BINS - 1)
+            self.level_scale_hist.index_put_((levels, bins), torch.ones_like(scales).to(self.level_scale_hist), accumulate=True)
+        pixel_ids = mask_balanced_pixels(
+            masks, self.config.num_random_pixels, self.config.num_mask_pixels, self.config.num_balanced_masks
+        )
+        membership = masks.reshape(masks.shape[0], -1)[:, pixel_ids].T  # [P, M]
+        groups = pixel_level_groups(membership, scales, levels, self.num_levels)
+        sampled = flat[pixel_ids]
+        return {
+            "binarization_loss": self.config.lambda_reg * binarization_loss(sampled),
+            "virtual_negative_loss": self.config.lambda_guiding * virtual_negative_loss(sampled, groups, self.widths),
+            "progressive_contrastive_loss": self.config.lambda_con
+            * progressive_contrastive_loss(sampled, groups, self.widths),
+        }
+
+    # ---- inference (the segmenter's interface) -------------------------------------------------------
+    def level_for_scale(self, scale: float) -> int:
+        """0-based level for a quantile-normalised scale in [0, 1] (see the module docstring)."""
+        counts = self.level_scale_count
+        bin_index = min(int(float(scale) * SCALE_BINS), SCALE_BINS - 1)
+        in_bin = self.level_scale_hist[:, bin_index]
+        if bool((in_bin > 0).any()):
+            # the level whose masks have this scale most often (ties: the coarser level)
+            return int(torch.argmax(in_bin))
+        if bool((counts > 0).any()):
+            means = self.level_scale_sum / counts.clamp_min(1.0)
+            distance = (means - float(scale)).abs()
+            distance[counts <= 0] = float("inf")
+            return int(torch.argmin(distance))
+        band = int(math.floor((1.0 - float(scale)) * self.num_levels))
+        return min(max(band, 0), self.num_levels - 1)
+
+    @torch.no_grad()
+    def prompt_query(self, feature_map: Tensor, pixels: Tensor, scale: float) -> Tensor:
+        """Class_p^l of the clicked pixels [K, 2] (x, y): the rendered code binarised (Eq. 3), its level prefix."""
+        level = self.level_for_scale(scale)
+        rendered = feature_map[pixels[:, 1], pixels[:, 0]]
+        return code_prefix(pack_codes(rendered > 0.5), prefix_bits(self.widths, level))
+
+    @torch.no_grad()
+    def gaussian_scores(self, queries: Tensor, scale: float) -> Tensor:
+        """1.0 for Gaussians whose level prefix equals a queried one, else 0.0: [N] (any threshold in (0, 1))."""
+        prefixes = self.gaussian_prefixes(self.level_for_scale(scale))
+        queries = queries.to(prefixes.device)
+        if queries.numel() == 1:
+            return (prefixes == queries.reshape(())).float()
+        return torch.isin(prefixes, queries).float()
+
+    @torch.no_grad()
+    def labels_at_scale(self, scale: float) -> Tensor:
+        """Every Gaussian's label at the level of ``scale``: long [N], 0..K-1 by decreasing segment size."""
+        prefixes = self.gaussian_prefixes(self.level_for_scale(scale))
+        _, inverse, counts = torch.unique(prefixes, return_inverse=True, return_counts=True)
+        order = torch.argsort(counts, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        return rank[inverse]
+
+    @torch.no_grad()
+    def decomposition_features(self, scale: float) -> Tensor:
+        """The prefix bits at the level of ``scale`` as floats [N, B_l] (for feature-based tools)."""
+        level = self.level_for_scale(scale)
+        bits = unpack_codes(self.gaussian_codes(), prefix_bits(self.widths, level))
+        return bits.float()
+
+
+def prefix_colors(prefixes: Tensor, level: int = 0) -> Tensor:
+    """A deterministic colour [..., 3] in [0.15, 0.95] per integer label (hashing, so no palette size limit)."""
+    h = (prefixes.to(torch.int64) * 2654435761 + (level + 1) * 40503) & 0xFFFFFFFF
+    h = (h ^ (h >> 15)) * 2246822519 & 0xFFFFFFFF
+    h = h ^ (h >> 13)
+    rgb = torch.stack([(h >> 16) & 255, (h >> 8) & 255, h & 255], dim=-1).float() / 255.0
+    return 0.15 + 0.8 * rgb

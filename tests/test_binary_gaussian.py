@@ -1,0 +1,271 @@
+"""Binary-Gaussian: STE, progressive loss (Eq. 6) by hand, virtual negative, codes, and the real CLIs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from segsplat_ns.methods.binary_gaussian import (
+    binarization_loss,
+    code_prefix,
+    mask_balanced_pixels,
+    mask_levels,
+    pack_codes,
+    pixel_level_groups,
+    positive_only_pixels,
+    progressive_contrastive_loss,
+    progressive_pair_losses,
+    ste_binarize,
+    to_int32,
+    unpack_codes,
+    virtual_negative_loss,
+)
+
+WIDTHS = (2, 2)  # two levels of two bits: small enough to write Eq. 6 by hand
+
+
+def test_ste_forward_is_exactly_binary_and_gradient_is_identity():
+    x = torch.tensor([0.0, 0.2, 0.49, 0.5, 0.51, 0.7, 0.999, 1.3, -0.4], requires_grad=True)
+    y = ste_binarize(x)
+    assert torch.equal(y, torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]))  # bit-exact, I(x > 0.5)
+    weights = torch.arange(1.0, 10.0)
+    (y * weights).sum().backward()
+    assert torch.equal(x.grad, weights)  # d ste(x) / dx = identity
+
+
+def test_progressive_loss_three_pixels_by_hand():
+    # rendered (continuous) features; binarised at 0.5: p0 = [1,0 | 1,1], p1 = [1,0 | 0,1], p2 = [0,1 | 1,1]
+    features = torch.tensor(
+        [[0.9, 0.2, 0.8, 0.7],
+         [0.6, 0.1, 0.3, 0.9],
+         [0.4, 0.7, 0.6, 0.55]],
+        requires_grad=True,
+    )
+    # level 1: p0, p1 in object A, p2 in object B; level 2: p0, p1 in different parts of A, p2 in B's only part
+    groups = torch.tensor([[0, 0, 1],
+                           [10, 11, 20]])
+    values, positives, negatives = progressive_pair_losses(features, groups, WIDTHS)
+    v1, v2 = values[0].detach(), values[1].detach()
+    # level 1 (Eq. 5), D_1 = 2
+    # (p0, p1): same level-1 mask -> ||[1,0] - [1,0]|| = 0
+    assert bool(positives[0][0, 1]) and v1[0, 1] == pytest.approx(0.0, abs=1e-5)
+    # (p0, p2): different masks -> D_1 - ||[1,0] - [0,1]|| = 2 - sqrt(2)
+    assert bool(negatives[0][0, 2]) and v1[0, 2] == pytest.approx(2 - math.sqrt(2), abs=1e-5)
+    # (p1, p2): 2 - sqrt(2) as well
+    assert bool(negatives[0][1, 2]) and v1[1, 2] == pytest.approx(2 - math.sqrt(2), abs=1e-5)
+    # level 2 (Eq. 6), D_2 = 2
+    # (p0, p1): M^2 differ, M^1 equal -> case 2: D_2 - ||[1,1] - [0,1]|| = 2 - 1 = 1
+    assert bool(negatives[1][0, 1]) and v2[0, 1] == pytest.approx(1.0, abs=1e-5)
+    # (p0, p2) and (p1, p2): M^1 differ -> case 3: 0, and neither positive nor negative
+    for a, b in ((0, 2), (1, 2)):
+        assert v2[a, b] == 0.0 and not bool(positives[1][a, b]) and not bool(negatives[1][a, b])
+    # symmetric, diagonal excluded
+    assert torch.equal(v1, v1.T) and torch.equal(v2, v2.T)
+    assert not bool(positives[0].diagonal().any())
+    # the loss: per level, the mean over the ordered pairs that level constrains
+    expected = (0 + 0 + 4 * (2 - math.sqrt(2))) / 6 + (2 * 1.0) / 2
+    loss = progressive_contrastive_loss(features, groups, WIDTHS)
+    assert float(loss) == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    assert features.grad is not None and torch.isfinite(features.grad).all()
+    # case 3 pairs give no gradient to level 2 of p2 (its only level-2 pairs are case 3)
+    assert torch.equal(features.grad[2, 2:], torch.zeros(2))
+
+
+def test_negative_pair_with_colliding_bits_still_gets_a_separating_gradient():
+    features = torch.tensor([[0.7, 0.6], [0.8, 0.9]], requires_grad=True)  # both binarise to [1, 1]
+    groups = torch.tensor([[0, 1]])
+    values, _, negatives = progressive_pair_losses(features, groups, (2,))
+    assert bool(negatives[0][0, 1]) and float(values[0][0, 1]) == pytest.approx(2.0, abs=1e-5)
+    values[0][0, 1].backward()
+    assert features.grad.abs().sum() > 0  # pushed apart along the continuous difference
+
+
+def test_virtual_negative_acts_only_on_positive_only_groups():
+    # level 1: objects A (p0, p1, p2) and B (p3, p4). Level 2: A splits into parts (p0 | p1, p2); B does not.
+    groups = torch.tensor([[0, 0, 0, 1, 1],
+                           [10, 11, 11, 20, 20]])
+    binary = torch.tensor(
+        [[1, 0, 1, 1],
+         [1, 0, 0, 1],
+         [1, 0, 0, 1],
+         [0, 1, 1, 0],
+         [0, 1, 1, 1]], dtype=torch.float32)
+    assert not positive_only_pixels(groups, 0).any()  # the image has two level-1 groups: negatives exist
+    assert positive_only_pixels(groups, 1).tolist() == [False, False, False, True, True]
+    features = (0.25 + 0.5 * binary).requires_grad_(True)  # binarises to `binary`
+    loss = virtual_negative_loss(features, groups, WIDTHS)
+    # level 2 of B's pixels only: ||[1,0]|| = 1 and ||[1,1]|| = sqrt(2)
+    assert float(loss) == pytest.approx((1 + math.sqrt(2)) / 2, abs=1e-5)
+    loss.backward()
+    assert torch.equal(features.grad[:3], torch.zeros(3, 4))  # A (split at level 2) is untouched
+    assert torch.equal(features.grad[3:, :2], torch.zeros(2, 2))  # level 1 of B is untouched
+    assert (features.grad[3:, 2:] >= 0).all() and features.grad[3:, 2:].sum() > 0  # bits pushed to 0
+    # a single-level-1-group image: every pixel gets VN at level 1
+    one = torch.zeros(2, 5, dtype=torch.long)
+    assert positive_only_pixels(one, 0).all()
+
+
+def test_binarization_regulariser():
+    features = torch.tensor([[0.9, 0.2], [0.5, 0.6]])
+    # (0.1^2 + 0.2^2 + 0.5^2 + 0.4^2) / 2 pixels
+    assert float(binarization_loss(features)) == pytest.approx((0.01 + 0.04 + 0.25 + 0.16) / 2)
+
+
+def test_masks_to_levels_by_nesting_and_hierarchical_groups():
+    masks = torch.zeros(4, 6, 6, dtype=torch.bool)
+    masks[0, :, :3] = True  # object A (left half)
+    masks[1, :3, :3] = True  # part A1 inside A
+    masks[2, :, 3:] = True  # object B (right half), no part masks
+    masks[3, 0, 0] = True  # tiny sub-part inside A1 (depth 2)
+    scales = torch.tensor([0.8, 0.4, 0.9, 0.1])
+    levels = mask_levels(masks, scales, num_levels=3)
+    assert levels.tolist() == [0, 1, 0, 2]
+    assert mask_levels(masks, scales, num_levels=2).tolist() == [0, 1, 0, 1]  # deeper masks merge into the finest
+    pixels = torch.tensor([0, 5 * 6 + 0, 4, 1])  # (0,0) in A1+sub, (5,0) in A only, (0,4) in B, (0,1) in A1
+    membership = masks.reshape(4, -1)[:, pixels].T
+    groups = pixel_level_groups(membership, scales, levels, 3)
+    assert groups[0].tolist()[0] == groups[0].tolist()[1] == groups[0].tolist()[3] != groups[0].tolist()[2]
+    assert groups[1][0] == groups[1][3] != groups[1][1]  # A1 vs the rest of A
+    assert groups[2][0] != groups[2][3]  # the sub-part splits A1 at level 3
+    # the level-l id determines the level-(l-1) id
+    for level in (1, 2):
+        for a in range(4):
+            for b in range(4):
+                if groups[level][a] == groups[level][b]:
+                    assert groups[level - 1][a] == groups[level - 1][b]
+    # a pixel in no top-level mask is excluded at every level
+    lone = pixel_level_groups(torch.zeros(1, 4, dtype=torch.bool), scales, levels, 3)
+    assert lone.tolist() == [[-1], [-1], [-1]]
+
+
+def test_mask_balanced_sampling_counts():
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[0] = True
+    masks[1, :2, :2] = True  # a 4-pixel mask
+    generator = torch.Generator().manual_seed(0)
+    ids = mask_balanced_pixels(masks, num_random=50, num_mask_pixels=40, num_masks=16, generator=generator)
+    assert ids.numel() == 50 + 40  # two non-empty masks, 20 pixels each
+    small = masks[1].reshape(-1)[ids[50:]]
+    assert int(small.sum()) >= 20  # the small mask gets its share
+
+
+def test_codes_pack_prefix_and_int32_round_trip():
+    bits = torch.zeros(3, 32, dtype=torch.bool)
+    bits[0, 0] = True  # MSB: the code is >= 2^31, negative as int32
+    bits[1, 11] = True  # last bit of level 1
+    bits[2, 12] = True  # first bit of level 2
+    codes = pack_codes(bits)
+    assert codes.tolist() == [1 << 31, 1 << 20, 1 << 19]
+    stored = to_int32(codes)
+    assert stored.dtype == torch.int32 and stored.element_size() == 4 and int(stored[0]) < 0
+    assert torch.equal(unpack_codes(stored, 32), bits)
+    assert code_prefix(stored, 12).tolist() == [1 << 11, 1, 0]  # level-1 labels: code >> (32 - 12)
+    assert code_prefix(stored, 22).tolist() == [1 << 21, 1 << 10, 1 << 9]
+
+
+class _Optimizers:
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+
+def _small_model(num_points: int = 6):
+    from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
+
+    config = BinaryGaussianModelConfig(rgb_steps=0, random_init=True, num_random=num_points)
+    model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+    return model
+
+
+def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp_path):
+    pytest.importorskip("sklearn")
+    try:
+        model = _small_model(6)
+    except Exception as error:  # pragma: no cover - construction needs nerfstudio's scene box
+        pytest.skip(f"model construction: {error}")
+    latent = model.gauss_params["binary_latent"]
+    with torch.no_grad():
+        latent.zero_()
+        latent[:3, 0] = 1.0  # Gaussians 0-2: level-1 code 100000000000; 3-5: all zero
+        latent[0, 12] = 1.0  # Gaussian 0 differs from 1, 2 at level 2
+    optimizer = torch.optim.Adam([latent], lr=0.005)
+    latent.grad = torch.ones_like(latent)
+    optimizer.step()
+    assert optimizer.state
+    model.finalize_codes(_Optimizers({"binary_latent": optimizer}))
+    assert not optimizer.state and model.gauss_params["binary_latent"].numel() == 0
+    state = model.state_dict()
+    per_gaussian = {k: v for k, v in state.items() if v.dim() >= 1 and v.shape[0] == 6 and "gauss_params.means" not in k}
+    segmentation = {k: v for k, v in per_gaussian.items() if k.split(".")[-1] not in
+                    ("scales", "quats", "features_dc", "features_rest", "opacities")}
+    assert sum(v.numel() * v.element_size() for v in segmentation.values()) == 4 * 6
+    assert state["binary_codes"].dtype == torch.int32
+    # levels: coarse groups {0,1,2} and {3,4,5}; level 2 splits 0 from 1, 2
+    model.level_scale_sum.copy_(torch.tensor([0.8, 0.3, 0.0]))
+    model.level_scale_count.copy_(torch.tensor([1.0, 1.0, 0.0]))
+    assert model.level_for_scale(0.9) == 0 and model.level_for_scale(0.2) == 1  # level 3 has no masks
+    model.level_scale_hist[1, 18] = 3.0  # parts seen at scale 0.9..0.95 more often than objects: histogram wins
+    model.level_scale_hist[0, 18] = 1.0
+    assert model.level_for_scale(0.92) == 1 and model.level_for_scale(0.99) == 0
+    model.level_scale_hist.zero_()
+    assert model.labels_at_scale(0.9).tolist() == [0, 0, 0, 1, 1, 1] or model.labels_at_scale(0.9).tolist() == [1, 1, 1, 0, 0, 0]
+    fine = model.labels_at_scale(0.2)
+    assert fine[1] == fine[2] != fine[0] and fine[3] == fine[4] == fine[5]
+    query = code_prefix(torch.tensor([1 << 31]), 12)
+    assert model.gaussian_scores(query, 0.9).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    # a fresh model loads the 4-byte codes (as ns-eval does)
+    other = _small_model(6)
+    other.load_state_dict(state)
+    assert bool(other.codes_finalized) and torch.equal(other.binary_codes, state["binary_codes"])
+    assert other.gaussian_scores(query, 0.9).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real CLIs on the tiny scene (slow)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ns_train_and_eval_binary_gaussian(workdir, scene):
+    from conftest import BIN, FEATURE_STEPS, RGB_STEPS, checkpoint_of, run, train_args
+
+    args = train_args(scene, "binary", method="binary-gaussian") + [
+        "--pipeline.model.num-random-pixels", "128", "--pipeline.model.num-mask-pixels", "384",
+    ]
+    result = run(args, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = workdir / "runs" / "binary" / "binary-gaussian" / "t" / "config.yml"
+    state = torch.load(checkpoint_of(config), map_location="cpu", weights_only=False)
+    assert state["step"] == RGB_STEPS + FEATURE_STEPS - 1
+    pipeline = state["pipeline"]
+    count = pipeline["_model.gauss_params.means"].shape[0]
+    codes = pipeline["_model.binary_codes"]
+    assert codes.dtype == torch.int32 and codes.shape == (count,)
+    assert pipeline["_model.gauss_params.binary_latent"].numel() == 0  # no float latent kept
+    assert bool(pipeline["_model.codes_finalized"]) and bool(pipeline["_model.features_trained"])
+    assert not state["optimizers"]["binary_latent"]["state"]  # nor its Adam moments
+    assert pipeline["_model.level_scale_count"][0] > 0
+
+    output = workdir / "binary-eval.json"
+    result = run([str(BIN / "ns-eval"), "--load-config", str(config), "--output-path", str(output)], cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads(output.read_text())["results"]
+    assert metrics["psnr"] > 15.0
+    assert metrics["seg_object_count"] == 2
+    assert 0.0 <= metrics["seg_object_miou"] <= 1.0 and 0.0 <= metrics["seg_part_miou"] <= 1.0
+
+
+def test_opacity_lr_is_two_percent_in_the_feature_stage():
+    from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
+
+    config = BinaryGaussianModelConfig(rgb_steps=10, random_init=True, num_random=6)
+    model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+    opacities = model.gauss_params["opacities"]
+    optimizers = _Optimizers({"opacities": torch.optim.Adam([opacities], lr=0.05)})
+    model.step = 3  # stage one: splatfacto's lr
+    model._set_opacity_lr(optimizers, 3)
+    assert optimizers.optimizers["opacities"].param_groups[0]["lr"] == pytest.approx(0.05)
+    model.step = 10  # feature stage: 2% of the initial lr (paper: 0.001)
+    model._set_opacity_lr(optimizers, 10)
+    assert optimizers.optimizers["opacities"].param_groups[0]["lr"] == pytest.approx(0.001)

@@ -1,0 +1,471 @@
+"""The viewer's segmentation controls: registered callbacks driven with real ViewerClick objects on the tiny
+trained run, and the real viewer driven by headless Chromium (skipped only where no chromium binary exists)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segsplat_ns.eval.metrics import iou
+from segsplat_ns.eval.protocol import interior_point
+from segsplat_ns.export import read_splat_ply
+from segsplat_ns.segmenter import Segmenter
+from segsplat_ns.viewer import (
+    DISPLAY_HIGHLIGHT,
+    DISPLAY_ONLY,
+    HIGHLIGHT_TINT,
+    MODE_ADD,
+    MODE_OFF,
+    MODE_SUBTRACT,
+    TINT_WEIGHT,
+    SegmentationControls,
+)
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def objects_of(scene: Path, frame: int = 1) -> np.ndarray:
+    return np.asarray(Image.open(scene / "gt" / "objects" / f"frame_{frame:05d}.png")).astype(int)
+
+
+def biggest_object(objects: np.ndarray) -> int:
+    ids, counts = np.unique(objects[objects > 0], return_counts=True)
+    return int(ids[np.argmax(counts)])
+
+
+def viewer_click(pixel, camera) -> "ViewerClick":  # noqa: F821
+    """A real ViewerClick as the viewer makes it: screen_pos normalised to [0, 1] at the pixel centre."""
+    from nerfstudio.viewer.viewer_elements import ViewerClick
+
+    width, height = int(camera.width.item()), int(camera.height.item())
+    x, y = pixel
+    return ViewerClick(origin=(0.0, 0.0, 0.0), direction=(0.0, 0.0, 1.0),
+                       screen_pos=((x + 0.5) / width, (y + 0.5) / height))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Unit level: no browser; a real viser server, a ViewerControl set up as nerfstudio's Viewer does it.
+
+
+def test_controls_are_reachable_in_order_and_add_no_state(tmp_path):
+    """Without training: the pipeline's module tree exposes the elements in the intended order."""
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
+
+    pipeline = torch.nn.Module()
+    pipeline.model = torch.nn.Linear(1, 1)
+    pipeline.segmentation = SegmentationControls(pipeline)
+    names = [element.name for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")]
+    assert names == ["Status", "Click mode", "Scale", "Threshold", "Undo click", "Reset selection", "Display",
+                     "Decompose scene", "Export selection (.ply)", "Exported to"]
+    assert len(parse_object(pipeline, ViewerControl, "Custom Elements")) == 1
+    assert not any(k.startswith("segmentation.") for k in pipeline.state_dict())
+
+
+@pytest.fixture
+def controls(trained_pipeline, trained, tmp_path):
+    """Fresh controls on the trained pipeline, installed in a real viser server (no browser connected)."""
+    import viser
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    pipeline = trained_pipeline
+    pipeline.segmentation = SegmentationControls(pipeline)
+    server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
+    rerenders = []
+    fake_viewer = SimpleNamespace(viser_server=server, train_lock=threading.Lock(),
+                                  control_panel=SimpleNamespace(max_res=64), log_filename=tmp_path / "log.txt",
+                                  _trigger_rerender=lambda: rerenders.append(1))
+    pipeline.segmentation.viewer_control._setup(fake_viewer)
+    for _, element in parse_object(pipeline, ViewerElement, "Custom Elements"):
+        element.install(server)
+    controls = pipeline.segmentation
+    controls.camera_override = pipeline.datamanager.eval_dataset.cameras[0:1]
+    controls.run_dir = tmp_path / "run"
+    controls.run_async = False
+    controls.rerenders = rerenders
+    yield controls
+    server.stop()
+    pipeline.model.viewer_hook = None
+
+
+def set_value(element, value):
+    """What a user moving a control does: the value changes, then the element's callback runs, once.
+
+    viser runs update callbacks on its own thread pool; assigning ``element.value`` with them attached would run
+    the callback a second time, asynchronously, racing the assertions. Detach them for the assignment and run
+    the (wrapped) callback here, synchronously.
+    """
+    handle = element.gui_handle
+    callbacks = handle._impl.update_cb if handle is not None else []
+    attached = list(callbacks)
+    callbacks.clear()
+    try:
+        element.value = value
+    finally:
+        callbacks.extend(attached)
+    element.cb_hook(element)
+
+
+@pytest.mark.slow
+def test_click_callback_selects_what_the_segmenter_selects(controls, scene):
+    camera = controls.camera_override
+    objects = objects_of(scene)
+    pixel = interior_point(objects == biggest_object(objects))
+    set_value(controls.b_click_mode, MODE_ADD)
+    assert controls._pointer_registered  # register_pointer_cb("click") on the real viser server
+
+    controls.on_click(viewer_click(pixel, camera))
+    expected = Segmenter(controls._model()).click(camera, [pixel], controls.c_scale.value, controls.d_threshold.value)
+    assert controls.selection is not None and not controls.selection.empty
+    assert torch.equal(controls.selection.gaussian_mask, expected.gaussian_mask)
+    assert "Selected" in controls.last_message and str(expected.count) in controls.last_message
+    assert controls.rerenders, "a click re-renders"
+
+    # the selection seen from the clicked view is the clicked object
+    rendered = Segmenter(controls._model()).render_mask(camera, controls.selection.gaussian_mask).cpu().numpy()
+    assert iou(rendered, objects == biggest_object(objects)) > 0.5
+
+
+@pytest.mark.slow
+def test_scale_slider_resegments_and_undo_restores(controls, scene):
+    camera = controls.camera_override
+    objects = objects_of(scene)
+    pixel = interior_point(objects == biggest_object(objects))
+    segmenter = Segmenter(controls._model())
+    set_value(controls.b_click_mode, MODE_ADD)
+    set_value(controls.c_scale, 1.0)
+    controls.on_click(viewer_click(pixel, camera))
+    whole = controls.selection.gaussian_mask.clone()
+    assert torch.equal(whole, segmenter.click(camera, [pixel], 1.0, controls.d_threshold.value).gaussian_mask)
+
+    set_value(controls.c_scale, 0.0)  # part vs whole
+    part = controls.selection.gaussian_mask.clone()
+    assert torch.equal(part, segmenter.click(camera, [pixel], 0.0, controls.d_threshold.value).gaussian_mask)
+    assert not torch.equal(part, whole)
+
+    set_value(controls.d_threshold, 0.95)
+    strict = controls.selection.gaussian_mask.clone()
+    assert strict.sum() <= part.sum()
+    set_value(controls.d_threshold, 0.75)
+
+    # a second (negative) click on the same object, then undo: the previous selection comes back
+    before = controls.selection.gaussian_mask.clone()
+    set_value(controls.b_click_mode, MODE_SUBTRACT)
+    controls.on_click(viewer_click(pixel, camera))
+    assert controls.selection.count < int(before.sum())
+    expected = segmenter.click(camera, [pixel], 0.0, 0.75, negative_pixels=[pixel])
+    assert torch.equal(controls.selection.gaussian_mask, expected.gaussian_mask)
+    controls.e_undo.cb_hook(controls.e_undo)
+    assert torch.equal(controls.selection.gaussian_mask, before)
+    assert len(controls.clicks) == 1
+
+    # reset clears, undo brings it back
+    controls.f_reset.cb_hook(controls.f_reset)
+    assert controls.selection is None and not controls.clicks
+    controls.e_undo.cb_hook(controls.e_undo)
+    assert torch.equal(controls.selection.gaussian_mask, before)
+
+
+@pytest.mark.slow
+def test_export_writes_the_selection_as_ply(controls, scene):
+    camera = controls.camera_override
+    objects = objects_of(scene)
+    pixel = interior_point(objects == biggest_object(objects))
+    set_value(controls.b_click_mode, MODE_ADD)
+    controls.on_click(viewer_click(pixel, camera))
+    controls.i_export.cb_hook(controls.i_export)
+    path = controls.run_dir / "segments" / "selection_0.ply"
+    assert path.is_file() and controls.j_export_path.value == str(path)
+    assert str(path) in controls.last_message
+    fields = read_splat_ply(path)
+    from segsplat_ns.export import export_selection
+
+    model = controls._model()
+    expected = export_selection(model.gauss_params, controls.selection.gaussian_mask,
+                                sh_degree_colors=model.config.sh_degree > 0)
+    assert len(fields["x"]) == int(expected.sum()) > 0
+    assert int(expected.sum()) <= controls.selection.count
+    np.testing.assert_allclose(fields["x"], model.means[torch.from_numpy(expected), 0].detach().cpu().numpy())
+    controls.i_export.cb_hook(controls.i_export)  # a second export does not overwrite the first
+    assert (controls.run_dir / "segments" / "selection_1.ply").is_file()
+
+
+@pytest.mark.slow
+def test_messages_instead_of_tracebacks(controls, scene, capsys):
+    camera = controls.camera_override
+    # slider before any click
+    set_value(controls.c_scale, 0.3)
+    assert "no click yet" in controls.last_message and controls.selection is None
+    # export with an empty selection
+    controls.i_export.cb_hook(controls.i_export)
+    assert "Nothing to export" in controls.last_message
+    assert not (controls.run_dir / "segments").exists()
+    # undo with nothing to undo
+    controls.e_undo.cb_hook(controls.e_undo)
+    assert "Nothing to undo" in controls.last_message
+    # click with click mode off
+    set_value(controls.b_click_mode, MODE_OFF)
+    controls.on_click(viewer_click((0, 0), camera))
+    assert "Click mode is Off" in controls.last_message
+    # negative click before any positive one
+    set_value(controls.b_click_mode, MODE_SUBTRACT)
+    controls.on_click(viewer_click((24, 24), camera))
+    assert "add an object" in controls.last_message
+    # click on the empty background: a message, nothing stored
+    set_value(controls.b_click_mode, MODE_ADD)
+    assert objects_of(scene)[0, 0] == 0
+    controls.on_click(viewer_click((0, 0), camera))
+    assert "empty background" in controls.last_message
+    assert not controls.clicks and controls.selection is None
+    # a click outside the render
+    from nerfstudio.viewer.viewer_elements import ViewerClick
+
+    controls.on_click(ViewerClick((0, 0, 0), (0, 0, 1), (1.5, 0.5)))
+    assert "outside the render" in controls.last_message
+    # a failure inside a callback is a message too, not a traceback
+    controls.camera_override = "not a camera"
+    controls.on_click(viewer_click((0, 0), camera))
+    assert controls.last_message.startswith("Error:")
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+
+
+@pytest.mark.slow
+def test_outputs_for_display_modes_and_decomposition(controls, scene):
+    model = controls._model()
+    camera = controls.camera_override
+    objects = objects_of(scene)
+    target = objects == biggest_object(objects)
+    controls.overlay_all_renders = True
+    model.eval()
+    plain = model.get_outputs_for_camera(camera)
+    assert plain["selection"].shape == (48, 48, 1) and float(plain["selection"].max()) == 0.0
+
+    set_value(controls.b_click_mode, MODE_ADD)
+    controls.on_click(viewer_click(interior_point(target), camera))
+    outputs = model.get_outputs_for_camera(camera)
+    assert set(outputs) >= {"rgb", "selection", "affinity", "clusters"}
+    assert iou(outputs["selection"][..., 0].cpu().numpy() > 0.5, target) > 0.5
+    assert outputs["affinity"].shape == (48, 48, 1)
+    assert float(outputs["affinity"][target].mean()) > float(outputs["affinity"][~target].mean())
+    # highlight: the selection keeps its colour, the rest is dimmed
+    assert controls.g_display.value == DISPLAY_HIGHLIGHT
+    inside = torch.from_numpy(outputs["selection"][..., 0].cpu().numpy() > 0.9)
+    tint = torch.tensor(HIGHLIGHT_TINT)
+    expected_inside = (1 - TINT_WEIGHT) * plain["rgb"][inside] + TINT_WEIGHT * tint
+    assert torch.allclose(outputs["rgb"][inside], expected_inside, atol=0.05)
+    assert float(outputs["rgb"][~inside].mean()) < 0.6 * float(plain["rgb"][~inside].mean())
+    # only the selection: the rest shows the background
+    set_value(controls.g_display, DISPLAY_ONLY)
+    only = model.get_outputs_for_camera(camera)["rgb"]
+    assert torch.allclose(only, model.render_rgb_subset(camera, controls.selection.gaussian_mask))
+
+    # decompose: every Gaussian gets a segment colour
+    controls.h_decompose.cb_hook(controls.h_decompose)
+    assert controls.decomposition is not None and controls.decomposition.num_segments >= 2
+    assert "decomposed" in controls.last_message
+    clusters = model.get_outputs_for_camera(camera)["clusters"]
+    assert clusters.shape == (48, 48, 3) and len(torch.unique(clusters[target].round(decimals=1), dim=0)) >= 1
+
+    # renders that are not the viewer's (ns-eval, ns-render) are untouched
+    controls.overlay_all_renders = False
+    untouched = model.get_outputs_for_camera(camera)
+    assert "selection" not in untouched and torch.equal(untouched["rgb"], plain["rgb"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Browser level: the real nerfstudio viewer of the tiny run, driven by headless Chromium through selenium.
+
+
+def chromium_binary():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path):
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium chromium-driver)")
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        pytest.skip("chromium is installed but chromedriver is not (Debian: apt-get install chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def live_viewer(trained_pipeline, tmp_path):
+    """nerfstudio's Viewer (the one ns-viewer starts) of the tiny run, in this process, on 127.0.0.1."""
+    from nerfstudio.configs.base_config import ViewerConfig
+    from nerfstudio.viewer.viewer import Viewer
+
+    pipeline = trained_pipeline
+    pipeline.segmentation = SegmentationControls(pipeline)
+    pipeline.eval()
+    port = free_port()
+    viewer = Viewer(ViewerConfig(websocket_host="127.0.0.1", websocket_port=port, quit_on_train_completion=True),
+                    log_filename=tmp_path / "run" / "viewer_log_filename.txt",
+                    datapath=pipeline.datamanager.get_datapath(), pipeline=pipeline, train_lock=threading.Lock())
+    viewer.init_scene(train_dataset=pipeline.datamanager.train_dataset, train_state="completed")
+    viewer.control_panel._max_res.value = 256  # CPU: keep renders small
+    yield SimpleNamespace(viewer=viewer, url=f"http://127.0.0.1:{port}", controls=pipeline.segmentation,
+                          pipeline=pipeline)
+    # stop and join the render threads: a daemon thread still inside torch at interpreter exit aborts the
+    # whole pytest process ("terminate called without an active exception")
+    machines = list(viewer.render_statemachines.values())
+    for machine in machines:
+        machine.running = False
+        machine.render_trigger.set()
+    for machine in machines:
+        machine.join(timeout=30)
+    viewer.viser_server.stop()
+    pipeline.model.viewer_hook = None
+
+
+def wait_for(predicate, timeout=60.0, interval=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def look_through(viewer, camera) -> None:
+    """Move every connected client's viewer camera to a dataset camera (pose and vertical field of view)."""
+    import viser.transforms as vtf
+    from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
+
+    c2w = camera.camera_to_worlds[0].cpu().numpy()
+    rotation = vtf.SO3.from_matrix(c2w[:3, :3]) @ vtf.SO3.from_x_radians(np.pi)
+    fov = float(2 * np.arctan(camera.cy.item() / camera.fy.item()))
+    for client in viewer.viser_server.get_clients().values():
+        with client.atomic():
+            client.camera.fov = fov
+            client.camera.wxyz = rotation.wxyz
+            client.camera.position = c2w[:3, 3] * VISER_NERFSTUDIO_SCALE_RATIO
+
+
+def show_panel(driver) -> None:
+    """Scroll the control panel so that the segmentation folder is in view."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.XPATH, "//*[normalize-space()='Click mode']")
+    if found:
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", found[0])
+
+
+def screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    driver.save_screenshot(str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_browser_click_selects_the_object(browser, live_viewer, scene):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver, viewer, controls = browser, live_viewer.viewer, live_viewer.controls
+    driver.get(live_viewer.url)
+    assert wait_for(lambda: viewer.viser_server.get_clients(), 60), "the browser never connected to the viewer"
+
+    # the segmentation panel renders, in order
+    labels = ["Click mode", "Scale", "Threshold", "Undo click", "Reset selection", "Display", "Decompose scene",
+              "Export selection (.ply)", "Exported to"]
+    body = wait_for(lambda: (lambda t: t if all(label in t for label in labels) else None)(
+        driver.find_element(By.TAG_NAME, "body").text), 60)
+    assert body, "segmentation controls did not render: " + driver.find_element(By.TAG_NAME, "body").text[-2000:]
+    positions = [body.index(label) for label in labels]
+    assert positions == sorted(positions)
+    assert "Choose Click mode: Add" in body  # the status hint
+
+    # look through eval camera 0, wait for a render of it
+    camera = live_viewer.pipeline.datamanager.eval_dataset.cameras[0:1]
+    look_through(viewer, camera)
+    assert wait_for(lambda: "0x0px" not in viewer.stats_markdown.content, 120), "the viewer never rendered"
+    time.sleep(2.0)
+    show_panel(driver)
+    screenshot(driver, "viewer_controls.png")
+
+    # choose click mode in the dropdown, like a user
+    select = driver.find_element(By.XPATH, "//label[normalize-space()='Click mode']/following::input[1]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", select)
+    select.click()
+    option = wait_for(lambda: [o for o in driver.find_elements(By.XPATH, "//*[@role='option']")
+                               if o.text.strip() == MODE_ADD], 10)
+    assert option, "the Click mode options did not open"
+    option[0].click()
+    assert wait_for(lambda: controls.b_click_mode.value == MODE_ADD and controls._pointer_registered, 10)
+
+    # click on the canvas over the biggest object of eval view 0
+    objects = objects_of(scene)
+    target = objects == biggest_object(objects)
+    x, y = interior_point(target)
+    # the render canvas is the one with the viewer camera's aspect (another, wider one sits under the panel)
+    aspect = next(iter(viewer.viser_server.get_clients().values())).camera.aspect
+    canvas = min(driver.find_elements(By.TAG_NAME, "canvas"),
+                 key=lambda c: abs(c.size["width"] / max(1, c.size["height"]) - aspect))
+    width, height = canvas.size["width"], canvas.size["height"]
+    aspect = width / height
+    image_h = int(camera.height.item())
+    nx = 0.5 + (x + 0.5 - camera.cx.item()) / (image_h * aspect)
+    ny = 0.5 + (y + 0.5 - camera.cy.item()) / image_h
+    ActionChains(driver).move_to_element_with_offset(canvas, int((nx - 0.5) * width), int((ny - 0.5) * height)) \
+        .click().perform()
+    assert wait_for(lambda: controls.selection is not None, 60), f"no selection after the click: {controls.last_message}"
+    assert not controls.selection.empty, controls.last_message
+
+    # the selection is that object, seen from eval view 0
+    rendered = Segmenter(live_viewer.pipeline.model).render_mask(camera, controls.selection.gaussian_mask)
+    assert iou(rendered.cpu().numpy(), target) > 0.5
+    status = wait_for(lambda: "Selected" in driver.find_element(By.TAG_NAME, "body").text, 20)
+    assert status, "the status did not update in the page"
+    time.sleep(4.0)  # let the highlighted render arrive
+    show_panel(driver)
+    screenshot(driver, "viewer_selection.png")
+
+    # the affinity output type
+    output_type = driver.find_element(By.XPATH, "//label[normalize-space()='Output type']/following::input[1]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", output_type)
+    output_type.click()
+    option = wait_for(lambda: [o for o in driver.find_elements(By.XPATH, "//*[@role='option']")
+                               if o.text.strip() == "affinity"], 10)
+    if option:
+        option[0].click()
+        time.sleep(4.0)
+        show_panel(driver)
+        screenshot(driver, "viewer_affinity.png")
