@@ -105,12 +105,12 @@ class SegSplatPipeline(VanillaPipeline):
         if ground_truth is None:
             CONSOLE.print("no segmentation ground truth (no gt/ folder in the dataset): segmentation metrics skipped")
             return metrics
-        from segsplat_ns.eval.protocol import segmentation_metrics
+        from segsplat_ns.eval.protocol import evaluate_segmentation
         from segsplat_ns.segmenter import Segmenter
 
         self.eval()
         segmenter = Segmenter(self.model)
-        seg_metrics, _ = segmentation_metrics(
+        seg_metrics, _ = evaluate_segmentation(
             segmenter, self.datamanager.eval_dataset.cameras, ground_truth, threshold=self.config.eval_threshold
         )
         self.train()

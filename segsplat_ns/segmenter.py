@@ -97,13 +97,22 @@ class Segmenter:
             x, y = positive[0].tolist()
             return Selection(empty, message=f"click ({x}, {y}) is on empty background: nothing there to select")
         positive = positive[on_object]
-        scores = self.model.gaussian_scores(self.model.prompt_query(feature_map, positive, scale), scale)
+        scores = self.select_scores(self.model.prompt_query(feature_map, positive, scale), scale, threshold)
         mask = scores > threshold
         if negative.shape[0] > 0:
-            negative_scores = self.model.gaussian_scores(self.model.prompt_query(feature_map, negative, scale), scale)
+            negative_scores = self.select_scores(self.model.prompt_query(feature_map, negative, scale), scale, threshold)
             mask &= ~(negative_scores > threshold)
         message = None if bool(mask.any()) else f"no Gaussian passes threshold {threshold:.2f}: lower it"
         return Selection(mask, scores, message)
+
+    @torch.no_grad()
+    def select_scores(self, queries: torch.Tensor, scale: float, threshold: float) -> torch.Tensor:
+        """Every Gaussian's affinity to the queries, exact where it decides ``scores > threshold``: [N].
+
+        This is the part of a click whose cost grows with the number of Gaussians besides rendering
+        (``segsplat bench-latency`` measures it).
+        """
+        return self.model.gaussian_scores(queries, scale, exact_near=threshold)
 
     @torch.no_grad()
     def render_weight(self, camera: Cameras, gaussian_mask: torch.Tensor) -> torch.Tensor:

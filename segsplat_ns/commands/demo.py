@@ -52,6 +52,9 @@ class Demo:
     """Stage two (SAGA affinity features) steps."""
     sampled_pixels: int = 512
     """Pixels per step for SAGA's pairwise loss (paper: 1000; the loss is quadratic in it, so CPU runs use fewer)."""
+    mask_balanced_pixels: int = 256
+    """Of those, how many are drawn from randomly chosen masks rather than uniformly, so that small parts are
+    sampled every step (SAGA samples uniformly: 0; at 512 pixels the tree's trunk then got ~2 per step)."""
 
     def main(self) -> int:
         from segsplat_ns.synthetic import SceneConfig, make_scene
@@ -69,6 +72,7 @@ class Demo:
             "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
             *small_scene_training_args(self.rgb_steps, self.feature_steps),
             "--pipeline.model.num-sampled-pixels", str(self.sampled_pixels),
+            "--pipeline.model.num-mask-balanced-pixels", str(self.mask_balanced_pixels),
         ]
         print("[2/3] " + " ".join(train_cmd[1:]))
         env = dict(os.environ, PYTHONUNBUFFERED="1")

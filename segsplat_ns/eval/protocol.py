@@ -4,8 +4,13 @@ For each target (an object, or a part) of a level:
 1. reference view: the eval view where the target covers the most pixels;
 2. click: the target's most interior pixel there (maximum of the distance transform), as a user clicks the
    middle of an object;
-3. scale: the target's own 3D scale in that view (``||2 std||`` of its back-projected pixels with the splat's
-   depth, as training masks are measured), quantile-normalised with the model's stored quantiles;
+3. scale: the middle of the range of scales at which the target is the clicked pixel's group by SAGA's
+   Eq. 6. A pixel's group at scale s is the smallest mask whose 3D scale is >= s (above every mask: all of its
+   masks), so a part is the answer for s in (0, part], and an object for s in (part under the click, 1].
+   Scales are measured in the reference view as training masks are (``||2 std||`` of the back-projected pixels
+   with the splat's depth) and quantile-normalised with the model's stored quantiles. Clicking at the target's
+   own scale is fragile for a part: the same part measured in another view is a little smaller, and there its
+   group at that scale is already the object;
 4. the selected Gaussians are rendered into every eval view where the target is visible, and compared with the
    ground truth by IoU. The target's score is the mean over those views; the level's mIoU the mean over targets.
 """
@@ -47,6 +52,23 @@ def target_scale(segmenter: Segmenter, camera: Cameras, mask: np.ndarray) -> flo
     return float(quantiles.normalize(raw)[0].clamp(0.0, 1.0))
 
 
+FINER_LEVEL = {"object": "part"}
+"""Each level's nested level: the finer target under the click bounds the click's scale range from below."""
+COARSER_LEVEL = {"part": "object"}
+"""Each level's enclosing level: when there is one, the target's own scale bounds the range from above."""
+
+
+def click_scale(lower: float, upper: float) -> float:
+    """Middle of (lower, upper], the scales at which the target is the click's group (Eq. 6).
+
+    A finer target measured at least as large as the upper bound (a flat table top inside a table) leaves no
+    range: the upper bound is used.
+    """
+    if lower >= upper:
+        return upper
+    return 0.5 * (lower + upper)
+
+
 @dataclass
 class TargetResult:
     target_id: int
@@ -82,7 +104,16 @@ def click_protocol(
         target_mask = id_maps[reference] == target
         click = interior_point(target_mask)
         camera = cameras[reference : reference + 1]
-        scale = target_scale(segmenter, camera, target_mask)
+        lower, upper = 0.0, 1.0
+        finer_level = FINER_LEVEL.get(level)
+        if finer_level in ground_truth.id_maps:
+            finer_map = ground_truth.id_maps[finer_level][reference]
+            finer_target = int(finer_map[click[1], click[0]])
+            if finer_target != 0:
+                lower = target_scale(segmenter, camera, finer_map == finer_target)
+        if COARSER_LEVEL.get(level) in ground_truth.id_maps:
+            upper = target_scale(segmenter, camera, target_mask)
+        scale = click_scale(lower, upper)
         selection = segmenter.click(camera, [click], scale, threshold=threshold)
         result = TargetResult(target, names.get(target, str(target)), reference, click, scale, selection.count)
         for view, id_map in enumerate(id_maps):
@@ -109,4 +140,61 @@ def segmentation_metrics(
             metrics[f"seg_{level}_count"] = float(len(results))
             for r in results:  # one line per target in ns-eval's JSON, so a weak part is not hidden by the mean
                 metrics[f"seg_{level}_iou/{r.name}"] = r.iou
+    return metrics, details
+
+
+@torch.no_grad()
+def render_labels(segmenter: Segmenter, camera: Cameras, labels: torch.Tensor, max_segments: int = 64) -> np.ndarray:
+    """Per-pixel segment id of a labelling of the Gaussians, seen from ``camera``: [H, W] int, -1 = empty.
+
+    Each segment is rendered as a one-hot channel through the scene's geometry and a pixel takes the segment
+    with the largest weight (segments beyond ``max_segments``, the smallest ones, share one "other" id).
+    """
+    model = segmenter.model
+    labels = labels.to(model.device).clamp(max=max_segments)
+    channels = torch.nn.functional.one_hot(labels, max_segments + 1).float()
+    weights, alpha = model.render_features(channels, camera.to(model.device))
+    predicted = weights.argmax(dim=-1)
+    predicted[alpha[..., 0] < 0.5] = -1
+    return predicted.cpu().numpy()
+
+
+def decomposition_metrics(
+    segmenter: Segmenter, cameras: Cameras, ground_truth: GroundTruth, level: str, scale: float
+) -> Dict[str, float]:
+    """Hungarian-matched instance mIoU / precision / recall (as Gaga) of the decomposition at ``scale``.
+
+    Every Gaussian is labelled (``Segmenter.decompose``), the labels are rendered into every eval view, and
+    matched one-to-one to the ground-truth targets of ``level`` over all views (background pixels are void).
+    """
+    from segsplat_ns.eval.metrics import hungarian_instance_metrics
+
+    labels = segmenter.decompose(scale)
+    predicted = np.stack([render_labels(segmenter, cameras[v : v + 1], labels) for v in range(len(cameras))])
+    scores = hungarian_instance_metrics(predicted, np.stack(ground_truth.id_maps[level]), ignore_label=0, pred_ignore_label=-1)
+    prefix = f"decomp_{level}"
+    return {
+        f"{prefix}_miou": scores["miou"],
+        f"{prefix}_precision": scores["precision"],
+        f"{prefix}_recall": scores["recall"],
+        f"{prefix}_segments": float(int(labels.max()) + 1 if labels.numel() else 0),
+        f"{prefix}_scale": float(scale),
+    }
+
+
+def evaluate_segmentation(
+    segmenter: Segmenter,
+    cameras: Cameras,
+    ground_truth: GroundTruth,
+    threshold: Optional[float] = None,
+    decomposition: bool = True,
+) -> Tuple[Dict[str, float], Dict[str, List[TargetResult]]]:
+    """Everything ns-eval and ``segsplat bench`` report: click mIoU per level, then the decomposition of each
+    level at the mean scale its clicks used (the middle of each target's Eq. 6 range)."""
+    metrics, details = segmentation_metrics(segmenter, cameras, ground_truth, threshold=threshold)
+    if decomposition:
+        for level, results in details.items():
+            if results:
+                scale = float(np.mean([r.scale for r in results]))
+                metrics.update(decomposition_metrics(segmenter, cameras, ground_truth, level, scale))
     return metrics, details

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -54,6 +54,7 @@ from nerfstudio.engine.callbacks import (
 from torch import Tensor
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.masks.sampling import mask_balanced_pixels  # noqa: F401  (re-exported: part of this method's recipe)
 
 CODE_BITS = 32
 SCALE_BINS = 20
@@ -172,27 +173,6 @@ def pixel_level_groups(membership: Tensor, mask_scales: Tensor, levels: Tensor, 
     return groups
 
 
-def mask_balanced_pixels(
-    masks: Tensor, num_random: int, num_mask_pixels: int, num_masks: int, generator: Optional[torch.Generator] = None
-) -> Tensor:
-    """Mask-balanced sampling (Sec. 3.5): ``num_random`` uniform pixels plus ``num_mask_pixels`` pixels split
-    evenly over up to ``num_masks`` masks drawn at random (with replacement inside each mask). Flat ids [P]."""
-    m, h, w = masks.shape
-    device = masks.device
-    random_ids = torch.randperm(h * w, device=device, generator=generator)[: min(num_random, h * w)]
-    flat = masks.reshape(m, -1)
-    nonempty = torch.nonzero(flat.any(-1)).reshape(-1)
-    if nonempty.numel() == 0 or num_mask_pixels <= 0 or num_masks <= 0:
-        return random_ids
-    chosen = nonempty[torch.randperm(nonempty.numel(), device=device, generator=generator)[:num_masks]]
-    per_mask = max(1, num_mask_pixels // chosen.numel())
-    picked = [random_ids]
-    for index in chosen.tolist():
-        inside = torch.nonzero(flat[index]).reshape(-1)
-        picked.append(inside[torch.randint(inside.numel(), (per_mask,), device=device, generator=generator)])
-    return torch.cat(picked)
-
-
 def _pair_distance(binary: Tensor, continuous: Tensor) -> Tensor:
     """||F̄_p - F̄_q||_2 for all pairs [P, P]: the forward value is the exact distance of the binarised features;
     the gradient is that of sqrt(||F_p - F_q||^2 + eps) on the continuous rendered features.
@@ -289,6 +269,35 @@ def binarization_loss(features: Tensor) -> Tensor:
     return ((hard - features) ** 2).sum(-1).mean()
 
 
+def render_weighted_votes(render: Callable[[Tensor], Tensor], latent: Tensor) -> Tuple[Tensor, Tensor]:
+    """One view's render-weighted bit votes: (votes [N, D], weight [N]).
+
+    ``render`` maps per-Gaussian vectors [N, C] to the view's map [..., C] and is linear in them (alpha
+    blending, Eq. 2: F_p = sum_i w_ip c_i with w_ip = alpha_i T_i). The latent is rendered, the rendered map is
+    binarised (Eq. 3, F̄_p = I(F_p > 0.5)), and each Gaussian collects ``votes[i, d] = sum_p w_ip (2 F̄_p,d - 1)``
+    (positive: the pixels it contributes to mostly read bit d as 1) and ``weight[i] = sum_p w_ip``. Both are
+    vector-Jacobian products of the render, so one render and one backward give them for every Gaussian; an
+    extra all-one channel renders the alpha and yields the weights.
+    """
+    num, dim = latent.shape
+    colors = torch.cat([latent.detach(), latent.new_ones(num, 1)], dim=-1).requires_grad_(True)
+    with torch.enable_grad():
+        rendered = render(colors)
+        flat = rendered.reshape(-1, dim + 1)
+        signs = (flat[:, :dim].detach() > 0.5).to(flat.dtype) * 2.0 - 1.0
+        upstream = torch.cat([signs, torch.ones_like(flat[:, dim:])], dim=-1).reshape(rendered.shape)
+        (grad,) = torch.autograd.grad(rendered, colors, upstream)
+    return grad[:, :dim], grad[:, dim]
+
+
+def voted_bits(votes: Tensor, weight: Tensor, fallback: Tensor) -> Tensor:
+    """Per-Gaussian bits [N, D] bool from summed votes: the weighted majority of the rendered bits of the pixels
+    each Gaussian contributes to; ``fallback`` (I(latent > 0.5)) for Gaussians never rendered and for exact ties."""
+    seen = (weight > 0)[:, None]
+    decided = votes != 0
+    return torch.where(seen & decided, votes > 0, fallback.bool())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------
@@ -321,6 +330,9 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     """Opacity learning rate in the feature stage as a fraction of its initial one (paper: 2%, 0.05 -> 0.001)."""
     finalize_codes: bool = True
     """At the last training step, store each Gaussian's code as one int32 and drop the float latent."""
+    vote_codes: bool = True
+    """At finalisation, set each Gaussian's bits by a render-weighted vote of the binarised rendered bits of the
+    training-view pixels it contributes to (so stored codes agree with what is rendered); off: I(latent > 0.5)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -388,11 +400,31 @@ class BinaryGaussianModel(SegSplatModel):
         return self._memo(("prefix", level), lambda: code_prefix(self.gaussian_codes(), prefix_bits(self.widths, level)))
 
     @torch.no_grad()
-    def finalize_codes(self, optimizers=None) -> None:
-        """Store I(latent > 0.5) as one int32 per Gaussian; drop the float latent and its optimizer state."""
+    def vote_bits(self, cameras: Optional[Cameras]) -> Tensor:
+        """Each Gaussian's bits [N, D] bool: the render-weighted majority of the binarised rendered bits (Eq. 3)
+        of the pixels it contributes to, over ``cameras`` (the training views); I(latent > 0.5) for Gaussians
+        that no view renders (and for exact ties). Without cameras: I(latent > 0.5)."""
+        latent = self.latent.detach().clamp(0.0, 1.0)
+        fallback = latent > 0.5
+        if cameras is None or len(cameras) == 0 or latent.shape[0] == 0:
+            return fallback
+        votes = torch.zeros_like(latent)
+        weight = latent.new_zeros(latent.shape[0])
+        for index in range(len(cameras)):
+            camera = cameras[index : index + 1].to(self.device)
+            view_votes, view_weight = render_weighted_votes(lambda colors: self.render_features(colors, camera)[0], latent)
+            votes += view_votes
+            weight += view_weight
+        return voted_bits(votes, weight, fallback)
+
+    @torch.no_grad()
+    def finalize_codes(self, optimizers=None, cameras: Optional[Cameras] = None) -> None:
+        """Store one int32 code per Gaussian (``vote_bits`` over ``cameras``, else I(latent > 0.5)); drop the float
+        latent and its optimizer state."""
         if bool(self.codes_finalized) and self.latent.shape[1] == 0:
             return
-        codes = pack_codes(self.latent.detach() > 0.5)
+        bits = self.vote_bits(cameras if self.config.vote_codes else None)
+        codes = pack_codes(bits)
         self._buffers["binary_codes"] = to_int32(codes).to(self.latent.device)
         self.codes_finalized.fill_(True)
         self.latent.data = self.latent.data.new_zeros((self.num_points, 0))
@@ -464,15 +496,24 @@ class BinaryGaussianModel(SegSplatModel):
             return
         last = trainer._start_step + trainer.config.max_num_iterations - 1
         if step >= last:
-            self.finalize_codes(attributes.optimizers)
+            cameras = None
+            pipeline = attributes.pipeline
+            datamanager = getattr(pipeline, "datamanager", None) if pipeline is not None else None
+            dataset = getattr(datamanager, "train_dataset", None)
+            if dataset is not None:
+                cameras = dataset.cameras
+            self.finalize_codes(attributes.optimizers, cameras)
 
     # ---- rendering ----------------------------------------------------------------------------------
     def feature_colors(self) -> Tensor:
         if self.training and self.in_feature_stage:
             self._restore_latent()
-            # Eq. 2 renders the Gaussians' *binary* features f̄_i: the STE makes the stored bits I(latent > 0.5)
-            # exactly what is rendered in training, with the latent receiving the gradient
-            return ste_binarize(self.latent)
+            # Eq. 2-3 in training: the continuous latent f_i in [0, 1] is rendered and the *rendered* F_p is
+            # binarised with the STE (Eq. 3, in the losses); Eq. 8 pushes F_p to 0/1. The latent is projected
+            # back onto [0, 1] before each render (projected gradient descent), so it stays a soft bit.
+            with torch.no_grad():
+                self.latent.clamp_(0.0, 1.0)
+            return self.latent
         return self._memo("bits", lambda: unpack_codes(self.gaussian_codes(), self.config.feature_dim).float())
 
     def segmentation_outputs(self, camera: Cameras, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
@@ -544,7 +585,7 @@ class BinaryGaussianModel(SegSplatModel):
         return code_prefix(pack_codes(rendered > 0.5), prefix_bits(self.widths, level))
 
     @torch.no_grad()
-    def gaussian_scores(self, queries: Tensor, scale: float) -> Tensor:
+    def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:
         """1.0 for Gaussians whose level prefix equals a queried one, else 0.0: [N] (any threshold in (0, 1))."""
         prefixes = self.gaussian_prefixes(self.level_for_scale(scale))
         queries = queries.to(prefixes.device)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Type
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn import Parameter
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.masks.sampling import mask_balanced_pixels
 from segsplat_ns.methods.saga_loss import (
     ScaleGate,
     knn_indices,
@@ -25,6 +27,66 @@ from segsplat_ns.methods.saga_loss import (
     saga_loss,
     sample_training_scales,
 )
+
+
+def direct_scores(features: torch.Tensor, gate: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """The authors' way: gate every fp32 feature, normalise, cosine against the (gated, unit) queries: [N].
+
+    Kept as the reference the fast path is measured and tested against.
+    """
+    gated = F.normalize(features * gate, dim=-1)
+    return (gated @ queries.T).amax(dim=-1)
+
+
+class AffinityScorer:
+    """Per-Gaussian affinity to click queries at a scale, fast, with the fp32 answer at the threshold.
+
+    A click reads every Gaussian's feature, so its cost is memory traffic. The gated, normalised features of a
+    scale are computed once (one pass over the fp32 features) and kept in bfloat16, half the bytes, for the few
+    most recent scales; a click at a kept scale is then one [N, D] x [D, K] product. bfloat16 rounding moves a
+    cosine by at most ``BF16_COSINE_ERROR``; Gaussians that close to the threshold are scored again in fp32, so
+    ``scores > threshold`` is the fp32 selection exactly.
+    """
+
+    BF16_COSINE_ERROR = 2.0**-6
+    """Bound on |bf16 cosine - fp32 cosine| for unit vectors (8-bit mantissas: ~2^-8 per vector, with margin)."""
+
+    def __init__(self, features: torch.Tensor, gate: ScaleGate, cached_scales: int = 4):
+        self.features = features  # [N, D] fp32 unit vectors (after smoothing)
+        self.gate = gate
+        self.cached_scales = cached_scales
+        self._gated: "OrderedDict[float, torch.Tensor]" = OrderedDict()
+
+    def gate_at(self, scale: float) -> torch.Tensor:
+        return self.gate(torch.tensor([float(scale)], device=self.features.device, dtype=torch.float32))[0]
+
+    @torch.no_grad()
+    def gated_features(self, scale: float) -> torch.Tensor:
+        """S(s) * f_g, unit-normalised, in bfloat16: [N, D] (computed once per kept scale)."""
+        key = float(scale)
+        if key in self._gated:
+            self._gated.move_to_end(key)
+            return self._gated[key]
+        gated = F.normalize(self.features * self.gate_at(key), dim=-1).to(torch.bfloat16)
+        self._gated[key] = gated
+        while len(self._gated) > self.cached_scales:
+            self._gated.popitem(last=False)
+        return gated
+
+    @torch.no_grad()
+    def scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
+        """Max cosine to the queries [K, D] (gated, unit) for every Gaussian: [N] fp32.
+
+        With ``exact_near=t``, scores within the bf16 error of t are recomputed in fp32, so thresholding at t
+        gives the fp32 selection.
+        """
+        gated = self.gated_features(scale)
+        scores = (gated @ queries.to(torch.bfloat16).T).float().amax(dim=-1)
+        if exact_near is not None:
+            near = torch.nonzero((scores - float(exact_near)).abs() <= self.BF16_COSINE_ERROR).reshape(-1)
+            if near.numel() > 0:
+                scores[near] = direct_scores(self.features[near], self.gate_at(scale), queries.float())
+        return scores
 
 
 @dataclass
@@ -36,6 +98,12 @@ class SagaModelConfig(SegSplatModelConfig):
     """D: width of the Gaussian affinity feature f_g (paper: 32)."""
     num_sampled_pixels: int = 1000
     """|delta(I)|: pixels sampled per image for the pairwise loss (authors' scripts: 1000 rays)."""
+    num_mask_balanced_pixels: int = 0
+    """Of the |delta(I)| pixels, how many to draw from masks chosen uniformly at random (Binary-Gaussian's
+    mask-balanced sampling) instead of uniformly over the image. SAGA samples uniformly (0); small parts then get
+    few samples per step, which its pair re-weighting only partly offsets."""
+    num_balanced_masks: int = 16
+    """Masks drawn per image when num-mask-balanced-pixels > 0; the balanced pixels are split evenly over them."""
     num_random_scales: int = 8
     """Random scales s per step, plus one above the largest mask and the smallest (authors' code)."""
     smooth_k: int = 16
@@ -108,7 +176,8 @@ class SagaModel(SegSplatModel):
         if masks.shape[1:] != (height, width):
             raise ValueError(f"masks are {tuple(masks.shape[1:])} but the feature map is {(height, width)}")
         num_pixels = min(self.config.num_sampled_pixels, height * width)
-        pixel_ids = torch.randperm(height * width, device=self.device)[:num_pixels]
+        num_balanced = min(self.config.num_mask_balanced_pixels, num_pixels)
+        pixel_ids = mask_balanced_pixels(masks, num_pixels - num_balanced, num_balanced, self.config.num_balanced_masks)
         membership = masks.reshape(masks.shape[0], -1)[:, pixel_ids].T  # [P, M]
         mask_areas = masks.reshape(masks.shape[0], -1).sum(-1).float()
         flat_features = features.reshape(-1, features.shape[-1])
@@ -129,8 +198,15 @@ class SagaModel(SegSplatModel):
         return {"correspondence_loss": terms["saga_contrastive"], "feature_norm_loss": terms["saga_feature_norm"]}
 
     # ---- inference (the segmenter's interface) -----------------------------------------------------
+    def affinity_scorer(self) -> AffinityScorer:
+        def build() -> AffinityScorer:
+            # the deterministic (no neighbour dropout) features, also while the viewer runs during training
+            return AffinityScorer(self._cached("features", lambda: self.smoothed_features(training=False)), self.scale_gate)
+
+        return self._cached("scorer", build)
+
     def gated_gaussian_features(self, scale: float) -> torch.Tensor:
-        """S(s) * f_g for every Gaussian, unit-normalised: [N, D]."""
+        """S(s) * f_g for every Gaussian, unit-normalised, fp32: [N, D]."""
 
         def compute() -> torch.Tensor:
             gate = self.scale_gate(torch.tensor([scale], device=self.device, dtype=torch.float32))
@@ -146,10 +222,12 @@ class SagaModel(SegSplatModel):
         return F.normalize(rendered * gate, dim=-1)
 
     @torch.no_grad()
-    def gaussian_scores(self, queries: torch.Tensor, scale: float) -> torch.Tensor:
-        """Per-Gaussian affinity to the prompts: max cosine similarity over queries, [N] in [-1, 1]."""
-        gated = self.gated_gaussian_features(scale)
-        return (gated @ queries.T).amax(dim=-1)
+    def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
+        """Per-Gaussian affinity to the prompts: max cosine similarity over queries, [N] in [-1, 1].
+
+        Computed in bfloat16 (:class:`AffinityScorer`); scores within its error of ``exact_near`` are fp32.
+        """
+        return self.affinity_scorer().scores(queries, scale, exact_near=exact_near)
 
     @torch.no_grad()
     def decomposition_features(self, scale: float) -> torch.Tensor:

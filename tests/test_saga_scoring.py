@@ -1,0 +1,66 @@
+"""SAGA's fast click scoring (bfloat16 gated features per scale) against the authors' direct fp32 computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segsplat_ns.methods.saga import AffinityScorer, direct_scores
+from segsplat_ns.methods.saga_loss import ScaleGate
+
+
+def clustered_features(n: int, d: int = 32, clusters: int = 20, noise: float = 0.6, seed: int = 0) -> torch.Tensor:
+    """Unit features around a few centres, so that thresholds near 0.75 select whole clusters and split others."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, d, generator=generator)
+    labels = torch.randint(clusters, (n,), generator=generator)
+    return F.normalize(centres[labels] + noise * torch.randn(n, d, generator=generator), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def scorer_and_queries():
+    torch.manual_seed(0)
+    features = clustered_features(60_000)
+    gate = ScaleGate(32)
+    with torch.no_grad():
+        gate.linear.weight.normal_(0.0, 3.0)
+        gate.linear.bias.normal_(0.0, 1.0)
+    scorer = AffinityScorer(features, gate, cached_scales=2)
+
+    def queries(scale: float, count: int = 3) -> torch.Tensor:
+        return F.normalize(features[:count] * scorer.gate_at(scale), dim=-1)
+
+    return scorer, queries
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.5, 0.93])
+@pytest.mark.parametrize("threshold", [0.5, 0.75, 0.9])
+def test_selection_equals_the_direct_fp32_selection(scorer_and_queries, scale, threshold):
+    scorer, queries = scorer_and_queries
+    q = queries(scale)
+    direct = direct_scores(scorer.features, scorer.gate_at(scale), q) > threshold
+    fast = scorer.scores(q, scale, exact_near=threshold) > threshold
+    assert 100 < int(direct.sum()) < direct.numel() - 100  # the threshold cuts through the data
+    assert torch.equal(fast, direct)
+
+
+def test_bfloat16_error_stays_inside_the_refinement_band(scorer_and_queries):
+    scorer, queries = scorer_and_queries
+    q = queries(0.3, count=1)
+    approximate = scorer.scores(q, 0.3)  # no fp32 refinement
+    exact = direct_scores(scorer.features, scorer.gate_at(0.3), q)
+    error = float((approximate - exact).abs().max())
+    assert 0.0 < error < AffinityScorer.BF16_COSINE_ERROR / 2  # bf16 is not exact, and its error has margin
+    band = (approximate - 0.75).abs() <= AffinityScorer.BF16_COSINE_ERROR
+    assert 0 < int(band.sum()) < approximate.numel() // 20  # the fp32 re-scoring touches a few percent at most
+
+
+def test_only_the_most_recent_scales_are_kept(scorer_and_queries):
+    scorer, _ = scorer_and_queries
+    first = scorer.gated_features(0.1)
+    assert first.dtype == torch.bfloat16 and first.shape == scorer.features.shape
+    scorer.gated_features(0.2)
+    assert scorer.gated_features(0.1) is first  # still kept, and now the most recent
+    scorer.gated_features(0.3)  # evicts 0.2, the least recent
+    assert list(scorer._gated) == [0.1, 0.3]
