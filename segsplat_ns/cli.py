@@ -48,6 +48,9 @@ def _make_scene(config) -> int:
 
 
 def entrypoint() -> None:
+    from segsplat_ns.commands.bench import Bench
+    from segsplat_ns.commands.bench_latency import BenchLatency
+    from segsplat_ns.commands.eval_benchmark import EvalBenchmark
     from segsplat_ns.commands.demo import Demo
     from segsplat_ns.synthetic import SceneConfig
 
@@ -57,6 +60,9 @@ def entrypoint() -> None:
                   "multi-granularity masks in SAGA's sam_masks/ layout.")],
         Annotated[Segment, tyro.conf.subcommand("segment")],
         Annotated[Demo, tyro.conf.subcommand("demo")],
+        Annotated[Bench, tyro.conf.subcommand("bench")],
+        Annotated[BenchLatency, tyro.conf.subcommand("bench-latency")],
+        Annotated[EvalBenchmark, tyro.conf.subcommand("eval-benchmark")],
     ]
     command = tyro.cli(commands, prog="segsplat")
     from segsplat_ns.errors import run_with_clear_errors

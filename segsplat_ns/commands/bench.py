@@ -1,0 +1,230 @@
+"""`segsplat bench`: every registered method on synthetic scenes from several seeds, one table.
+
+Per seed: ``segsplat make-scene --seed s``; stage one (the RGB splat) once with ``ns-train saga`` stopped at
+``rgb-steps``; then each method's feature stage with ``--pipeline.model.init-from`` that run, so every method
+segments the same Gaussians with the same masks. Each run is evaluated as ``ns-eval`` does (PSNR, the click
+protocol, the decomposition) plus the click latency and the bytes of segmentation data per Gaussian in the
+checkpoint. Finished runs are reused when the command is run again (``--fresh`` retrains).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from segsplat_ns.commands.demo import find_config, small_scene_training_args
+from segsplat_ns.errors import SegsplatError
+
+GEOMETRY_KEYS = ("means", "scales", "quats", "opacities", "features_dc", "features_rest")
+
+METHOD_FLAGS: Dict[str, List[str]] = {
+    # the demo's CPU settings: 512 pixels per step, half of them mask-balanced (see docs/saga.md)
+    "saga": ["--pipeline.model.num-sampled-pixels", "512", "--pipeline.model.num-mask-balanced-pixels", "256"],
+    "binary-gaussian": [],
+}
+"""Per-method ns-train flags for CPU-sized runs (appended before --extra-args)."""
+
+COLUMNS = [
+    ("psnr", "PSNR", "{:.2f}"),
+    ("seg_object_miou", "object mIoU", "{:.3f}"),
+    ("seg_object_min_iou", "object min", "{:.3f}"),
+    ("seg_part_miou", "part mIoU", "{:.3f}"),
+    ("seg_part_min_iou", "part min", "{:.3f}"),
+    ("decomp_object_miou", "decomp. object mIoU", "{:.3f}"),
+    ("decomp_object_precision", "decomp. object P", "{:.2f}"),
+    ("decomp_object_recall", "decomp. object R", "{:.2f}"),
+    ("decomp_part_miou", "decomp. part mIoU", "{:.3f}"),
+    ("decomp_part_precision", "decomp. part P", "{:.2f}"),
+    ("decomp_part_recall", "decomp. part R", "{:.2f}"),
+    ("rgb_stage_s", "RGB stage s", "{:.0f}"),
+    ("feature_stage_s", "feature stage s", "{:.0f}"),
+    ("click_ms", "click ms", "{:.0f}"),
+    ("segmentation_bytes_per_gaussian", "bytes/Gaussian", "{:.0f}"),
+]
+
+
+def segmentation_bytes_per_gaussian(checkpoint: Path) -> float:
+    """Bytes per Gaussian of everything per-Gaussian in the checkpoint that is not splatfacto's geometry."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["pipeline"]
+    state = {key.replace("module.", "", 1): value for key, value in state.items()}
+    count = state["_model.gauss_params.means"].shape[0]
+    total = 0
+    for key, value in state.items():
+        name = key.rsplit(".", 1)[-1]
+        if not key.startswith("_model.") or name in GEOMETRY_KEYS or not hasattr(value, "shape"):
+            continue
+        if value.dim() >= 1 and value.shape[0] == count and value.numel() > 0:
+            total += value.numel() * value.element_size()
+    return total / max(count, 1)
+
+
+@dataclass
+class Bench:
+    """Train every registered method on synthetic scenes from several seeds (same RGB splat and masks for all) and
+    write one table: click mIoU, decomposition mIoU/precision/recall, PSNR, stage times, click latency, bytes per
+    Gaussian. Markdown and JSON. About 5 minutes per seed and method on a 2-core CPU at the defaults."""
+
+    workdir: Path = Path("outputs/bench")
+    """Scenes, runs and the table go here."""
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    """Scene seeds (seed 0 is the default scene)."""
+    methods: Tuple[str, ...] = ("saga", "binary-gaussian")
+    """Registered methods to train (ns-train names)."""
+    image_size: int = 96
+    """Width and height of the generated scenes' images."""
+    num_objects: int = 3
+    """Objects per generated scene."""
+    num_train_views: int = 24
+    num_eval_views: int = 8
+    rgb_steps: int = 2000
+    """Stage one steps (the RGB splat, shared by all methods of a seed)."""
+    feature_steps: int = 1500
+    """Stage two steps of each method."""
+    extra_args: Tuple[str, ...] = ()
+    """More ns-train flags for every feature run, e.g. --extra-args --pipeline.model.num-sampled-pixels 1000."""
+    fresh: bool = False
+    """Retrain even where a finished run exists."""
+
+    def main(self) -> int:
+        from segsplat_ns.io import atomic_open
+
+        unknown = [m for m in self.methods if m not in METHOD_FLAGS]
+        if unknown:
+            raise SegsplatError(f"unknown method(s) {unknown}: choose from {sorted(METHOD_FLAGS)}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        rows: List[Dict[str, float]] = []
+        started = time.time()
+        for seed in self.seeds:
+            scene = self.scene(seed)
+            rgb_config, rgb_seconds = self.train(scene, seed, "rgb", ["saga", *self.rgb_args()])
+            for method in self.methods:
+                args = [method, "--pipeline.model.init-from", str(rgb_config), *self.feature_args(method)]
+                config, seconds = self.train(scene, seed, method, args)
+                row = {"seed": seed, "method": method, "rgb_stage_s": rgb_seconds, "feature_stage_s": seconds}
+                row.update(self.evaluate(config))
+                rows.append(row)
+                print(f"[bench] seed {seed} {method}: " + ", ".join(
+                    f"{key} {row[key]:.3f}" for key in ("seg_object_miou", "seg_part_miou", "psnr") if key in row))
+        table = self.markdown(rows)
+        record = {"command": self.command_line(), "rows": rows, "minutes": (time.time() - started) / 60}
+        with atomic_open(self.workdir / "bench.json") as handle:
+            handle.write(json.dumps(record, indent=2).encode())
+        with atomic_open(self.workdir / "bench.md") as handle:
+            handle.write((f"`{self.command_line()}`\n\n" + table + "\n").encode())
+        print(table)
+        print(f"wrote {self.workdir / 'bench.md'} and {self.workdir / 'bench.json'}")
+        return 0
+
+    # ---- steps ------------------------------------------------------------------------------------------
+    def scene(self, seed: int) -> Path:
+        from segsplat_ns.synthetic import SceneConfig, make_scene
+
+        path = self.workdir / f"seed{seed}" / "scene"
+        if self.fresh or not (path / "gt" / "meta.json").exists():
+            make_scene(SceneConfig(output=path, seed=seed, num_objects=self.num_objects, width=self.image_size,
+                                   height=self.image_size, num_train_views=self.num_train_views,
+                                   num_eval_views=self.num_eval_views, overwrite=True))
+        return path
+
+    def rgb_args(self) -> List[str]:
+        args = small_scene_training_args(self.rgb_steps, 0)
+        return args
+
+    def feature_args(self, method: str) -> List[str]:
+        # the same small-scene settings as stage one (white background, full resolution, SH schedule); the
+        # RGB-stage flags are inert with init-from, which starts the features at step 0
+        return [*small_scene_training_args(0, self.feature_steps), *METHOD_FLAGS[method], *self.extra_args]
+
+    def train(self, scene: Path, seed: int, name: str, args: List[str]) -> Tuple[Path, float]:
+        """Run ns-train (or reuse a finished run): the run's config.yml and the wall time it took."""
+        run_root = self.workdir / f"seed{seed}" / "runs" / name
+        timing = run_root / "wall_seconds.txt"
+        if not self.fresh and timing.exists():
+            return find_config(run_root), float(timing.read_text())
+        if run_root.exists():
+            shutil.rmtree(run_root)
+        command = [
+            str(Path(sys.executable).parent / "ns-train"), *args[:1], "--data", str(scene),
+            "--output-dir", str(run_root), "--experiment-name", name, "--timestamp", "run",
+            "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True", *args[1:],
+        ]
+        print("[bench] " + " ".join(command[1:]), flush=True)
+        start = time.time()
+        result = subprocess.run(command, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        seconds = time.time() - start
+        if result.returncode != 0:
+            raise SegsplatError(f"ns-train {args[0]} ({name}, seed {seed}) failed with exit code {result.returncode}; "
+                                f"its output is above")
+        timing.write_text(f"{seconds!r}\n")  # full precision: a rerun reports the same number
+        return find_config(run_root), seconds
+
+    def evaluate(self, config: Path) -> Dict[str, float]:
+        import torch
+
+        from segsplat_ns.commands.segment import load_run
+        from segsplat_ns.eval.protocol import interior_point
+        from segsplat_ns.segmenter import Segmenter
+
+        _, pipeline, checkpoint, _ = load_run(config)
+        metrics = pipeline.get_average_eval_image_metrics()
+        metrics = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+        segmenter = Segmenter(pipeline.model)
+        ground_truth = pipeline.datamanager.eval_ground_truth()
+        cameras = pipeline.datamanager.eval_dataset.cameras
+        times = []
+        for target in ground_truth.ids("object"):  # a click on each object in the first view that shows it
+            view = next(v for v, m in enumerate(ground_truth.id_maps["object"]) if (m == target).any())
+            pixel = interior_point(ground_truth.id_maps["object"][view] == target)
+            start = time.perf_counter()
+            with torch.no_grad():
+                segmenter.click(cameras[view : view + 1], [pixel], 0.9)
+            times.append(time.perf_counter() - start)
+        metrics["click_ms"] = float(np.median(times) * 1e3)
+        metrics["segmentation_bytes_per_gaussian"] = segmentation_bytes_per_gaussian(Path(checkpoint))
+        metrics["num_gaussians"] = float(pipeline.model.num_points)
+        return metrics
+
+    # ---- output -----------------------------------------------------------------------------------------
+    def command_line(self) -> str:
+        parts = ["segsplat bench", "--workdir", str(self.workdir), "--seeds", *map(str, self.seeds),
+                 "--image-size", str(self.image_size), "--num-objects", str(self.num_objects),
+                 "--num-train-views", str(self.num_train_views), "--num-eval-views", str(self.num_eval_views),
+                 "--methods", *self.methods, "--rgb-steps", str(self.rgb_steps), "--feature-steps", str(self.feature_steps)]
+        if self.extra_args:
+            parts += ["--extra-args", *self.extra_args]
+        return " ".join(parts)
+
+    @staticmethod
+    def markdown(rows: List[Dict[str, float]]) -> str:
+        columns = [c for c in COLUMNS if any(c[0] in row for row in rows)]
+        header = "| method | seed | " + " | ".join(title for _, title, _ in columns) + " |"
+        lines = [header, "|" + "---|" * (len(columns) + 2)]
+
+        def cell(values, fmt):
+            values = [v for v in values if v is not None and np.isfinite(v)]
+            if not values:
+                return "–"
+            if len(values) == 1:
+                return fmt.format(values[0])
+            return fmt.format(float(np.mean(values))) + " ± " + fmt.format(float(np.std(values)))
+
+        for row in rows:
+            lines.append(f"| {row['method']} | {row['seed']} | "
+                         + " | ".join(cell([row.get(key)], fmt) for key, _, fmt in columns) + " |")
+        for method in dict.fromkeys(row["method"] for row in rows):
+            mine = [row for row in rows if row["method"] == method]
+            if len(mine) > 1:
+                lines.append(f"| **{method}** | mean ± std | "
+                             + " | ".join(cell([row.get(key) for row in mine], fmt) for key, _, fmt in columns) + " |")
+        return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""`segsplat bench`, `segsplat bench-latency` and `segsplat eval-benchmark`, driven through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BIN, run
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    args = [str(BIN / "segsplat"), "bench", "--workdir", str(workdir / "out"), "--seeds", "3", "--methods", "saga",
+            "--image-size", "48", "--num-objects", "2", "--num-train-views", "12", "--num-eval-views", "4",
+            "--rgb-steps", "300", "--feature-steps", "150"]
+    result = run(args, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, args, result
+
+
+def test_bench_writes_one_row_per_run_in_markdown_and_json(bench_run):
+    workdir, _, result = bench_run
+    record = json.loads((workdir / "out" / "bench.json").read_text())
+    (row,) = record["rows"]
+    assert row["method"] == "saga" and row["seed"] == 3
+    assert row["segmentation_bytes_per_gaussian"] == 128.0  # 32 float32 affinity features, nothing else per Gaussian
+    assert row["psnr"] > 20.0
+    for key in ("seg_object_miou", "seg_part_miou", "decomp_object_miou", "decomp_part_precision", "decomp_part_recall"):
+        assert 0.0 <= row[key] <= 1.0, key
+    assert row["seg_object_miou"] > 0.5  # the click protocol finds the objects even after this short training
+    assert row["rgb_stage_s"] > 0 and row["feature_stage_s"] > 0 and row["click_ms"] > 0
+    table = (workdir / "out" / "bench.md").read_text()
+    assert "| saga | 3 |" in table and "object mIoU" in table and record["command"] in table
+
+
+def test_bench_reuses_finished_runs_and_matches_ns_eval(bench_run):
+    workdir, args, _ = bench_run
+    first = json.loads((workdir / "out" / "bench.json").read_text())["rows"][0]
+    again = run(args, cwd=workdir)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "ns-train" not in again.stdout  # nothing retrained
+    second = json.loads((workdir / "out" / "bench.json").read_text())["rows"][0]
+    assert second["feature_stage_s"] == first["feature_stage_s"]
+
+    config = next((workdir / "out" / "seed3" / "runs" / "saga").rglob("config.yml"))
+    result = run([str(BIN / "ns-eval"), "--load-config", str(config), "--output-path", str(workdir / "eval.json")], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((workdir / "eval.json").read_text())["results"]
+    for key in ("psnr", "seg_object_miou", "seg_part_miou", "decomp_part_miou"):
+        assert results[key] == pytest.approx(first[key], abs=1e-4), key  # rendering sums threads in any order
+
+
+def test_bench_latency_table_and_json(tmp_path):
+    out = tmp_path / "latency.json"
+    result = run([str(BIN / "segsplat"), "bench-latency", "--sizes", "2000", "20000", "--repeats", "3",
+                  "--output-json", str(out)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert [row["gaussians"] for row in record["rows"]] == [2000, 20000]
+    for row in record["rows"]:
+        assert row["mask_differences"] == 0 and row["selected"] > 0  # same selection as the direct fp32 way
+        assert row["bound_fp32_read_ms"] == pytest.approx(2 * row["bound_bf16_read_ms"])
+    assert record["read_bandwidth_gb_s"] > 0.1
+    assert "| 20,000 |" in result.stdout
+
+
+def test_eval_benchmark_spin_nerf_layout_on_a_trained_run(trained, scene, tmp_path):
+    """The tiny scene's ground truth for one object, written as SPIn-NeRF annotations, scored through the CLI."""
+    meta = json.loads((scene / "gt" / "meta.json").read_text())
+    labels = tmp_path / "spin" / "tinyscene" / "label"
+    labels.mkdir(parents=True)
+    target = meta["objects"][0]["id"]
+    for frame in meta["eval_frames"]:
+        stem = Path(frame).stem
+        mask = np.asarray(Image.open(scene / "gt" / "objects" / f"{stem}.png")) == target
+        if mask.sum() > 20:
+            Image.fromarray((mask * 255).astype(np.uint8)).save(labels / f"{stem}.png")
+    out = tmp_path / "scores.json"
+    result = run([str(BIN / "segsplat"), "eval-benchmark", "--load-config", str(trained), "--benchmark", "spin-nerf",
+                  "--root", str(tmp_path / "spin"), "--scene", "tinyscene", "--output-json", str(out)], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    scores = json.loads(out.read_text())
+    assert len(scores["targets"]) == len(list(labels.iterdir()))
+    assert scores["miou"] > 0.5 and scores["maccuracy"] > 0.9
+    assert "mIoU" in result.stdout
+
+
+def test_eval_benchmark_says_what_to_do_with_text_benchmarks_and_unknown_views(trained, tmp_path):
+    result = run([str(BIN / "segsplat"), "eval-benchmark", "--load-config", str(trained), "--benchmark", "lerf-ovs",
+                  "--root", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode != 0 and "language-field method" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    labels = tmp_path / "other"
+    labels.mkdir()
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[10:20, 10:20] = 255
+    Image.fromarray(mask).save(labels / "IMG_0001.png")
+    result = run([str(BIN / "segsplat"), "eval-benchmark", "--load-config", str(trained), "--benchmark", "spin-nerf",
+                  "--root", str(labels)], cwd=tmp_path)
+    assert result.returncode != 0 and "IMG_0001" in result.stderr + result.stdout
+    assert "original names" in result.stderr + result.stdout and "Traceback" not in result.stderr
