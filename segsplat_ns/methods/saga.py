@@ -81,9 +81,11 @@ class AffinityScorer:
         gives the fp32 selection.
         """
         gated = self.gated_features(scale)
-        scores = (gated @ queries.to(torch.bfloat16).T).float().amax(dim=-1)
+        products = gated @ queries.to(torch.bfloat16).T  # [N, K]: the one pass over the features
+        scores = (products.reshape(-1) if products.shape[1] == 1 else products.amax(dim=-1)).float()
         if exact_near is not None:
-            near = torch.nonzero((scores - float(exact_near)).abs() <= self.BF16_COSINE_ERROR).reshape(-1)
+            low, high = float(exact_near) - self.BF16_COSINE_ERROR, float(exact_near) + self.BF16_COSINE_ERROR
+            near = torch.nonzero((scores >= low) & (scores <= high)).reshape(-1)
             if near.numel() > 0:
                 scores[near] = direct_scores(self.features[near], self.gate_at(scale), queries.float())
         return scores
