@@ -18,10 +18,12 @@ from segsplat_ns.methods.binary_gaussian import (
     positive_only_pixels,
     progressive_contrastive_loss,
     progressive_pair_losses,
+    render_weighted_votes,
     ste_binarize,
     to_int32,
     unpack_codes,
     virtual_negative_loss,
+    voted_bits,
 )
 
 WIDTHS = (2, 2)  # two levels of two bits: small enough to write Eq. 6 by hand
@@ -115,6 +117,37 @@ def test_binarization_regulariser():
     assert float(binarization_loss(features)) == pytest.approx((0.01 + 0.04 + 0.25 + 0.16) / 2)
 
 
+def test_render_weighted_vote_by_hand():
+    # a linear "renderer" F_p = sum_i w_ip c_i with hand-made blending weights w [pixels, Gaussians]
+    w = torch.tensor([[0.6, 0.3, 0.0, 0.0],
+                      [0.5, 0.0, 0.0, 0.4],
+                      [0.0, 0.9, 0.0, 0.4]])
+    latent = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.7, 0.3], [0.8, 0.6]])
+    # rendered F: p0 = .6*[.9,.2] + .3*[.1,.8] = [.57, .36] -> [1, 0]
+    #             p1 = .5*[.9,.2] + .4*[.8,.6] = [.77, .34] -> [1, 0]
+    #             p2 = .9*[.1,.8] + .4*[.8,.6] = [.41, .96] -> [0, 1]
+    votes, weight = render_weighted_votes(lambda colors: w @ colors, latent)
+    expected_votes = torch.tensor([
+        [0.6 + 0.5, -0.6 - 0.5],  # G0 renders into p0, p1: both read [1, 0]
+        [0.3 - 0.9, -0.3 + 0.9],  # G1: p0 says [1, 0] with .3, p2 says [0, 1] with .9
+        [0.0, 0.0],               # G2 is rendered nowhere
+        [0.4 - 0.4, -0.4 + 0.4],  # G3: p1 and p2 disagree with equal weight: ties on both bits
+    ])
+    assert torch.allclose(votes, expected_votes, atol=1e-6)
+    assert torch.allclose(weight, torch.tensor([1.1, 1.2, 0.0, 0.8]), atol=1e-6)
+    bits = voted_bits(votes, weight, latent > 0.5)
+    assert bits.tolist() == [
+        [True, False],   # the majority of what G0 renders
+        [False, True],   # G1's own latent says [0, 1]; p2's heavier weight wins over p0
+        [True, False],   # never rendered: keeps I(latent > 0.5)
+        [True, True],    # exact ties: keeps I(latent > 0.5)
+    ]
+    # the votes of several views add up: a second view where G1 renders [1, 0] with weight 1 flips bit 0 to 1
+    more, more_weight = render_weighted_votes(lambda colors: torch.tensor([[0.0, 1.0, 0.0, 0.0]]) @ colors,
+                                              torch.tensor([[0.0, 0.0], [0.9, 0.1], [0.0, 0.0], [0.0, 0.0]]))
+    assert voted_bits(votes + more, weight + more_weight, latent > 0.5)[1].tolist() == [True, False]
+
+
 def test_masks_to_levels_by_nesting_and_hierarchical_groups():
     masks = torch.zeros(4, 6, 6, dtype=torch.bool)
     masks[0, :, :3] = True  # object A (left half)
@@ -140,6 +173,20 @@ def test_masks_to_levels_by_nesting_and_hierarchical_groups():
     # a pixel in no top-level mask is excluded at every level
     lone = pixel_level_groups(torch.zeros(1, 4, dtype=torch.bool), scales, levels, 3)
     assert lone.tolist() == [[-1], [-1], [-1]]
+
+
+def test_masks_to_levels_with_an_incomplete_object_mask():
+    # a thin part (12 px) that the object mask covers only at 50%, and whose 3D scale exceeds the object's:
+    # nesting is decided by pixel count, so it is still a part; a neighbour overlapping 40% is not nested
+    masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+    masks[0, :, :5] = True  # object (50 px)
+    masks[1, 0, 1:] = True  # part: row 0, columns 1..9 (4 of them inside the object)
+    masks[1, 1, 9] = True
+    masks[1, 1, 1:3] = True  # 2 more inside: 6 of 12 px inside
+    assert int((masks[0] & masks[1]).sum()) / int(masks[1].sum()) == pytest.approx(0.5)
+    masks[2, 5:, 3:8] = True  # neighbour (25 px), 10 of them inside the object: 40%
+    scales = torch.tensor([0.5, 0.7, 0.3])
+    assert mask_levels(masks, scales, num_levels=3).tolist() == [0, 1, 0]
 
 
 def test_mask_balanced_sampling_counts():
@@ -207,9 +254,16 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
     model.level_scale_sum.copy_(torch.tensor([0.8, 0.3, 0.0]))
     model.level_scale_count.copy_(torch.tensor([1.0, 1.0, 0.0]))
     assert model.level_for_scale(0.9) == 0 and model.level_for_scale(0.2) == 1  # level 3 has no masks
-    model.level_scale_hist[1, 18] = 3.0  # parts seen at scale 0.9..0.95 more often than objects: histogram wins
+    # histograms, normalised per level: level 1 has 1 of its 2 masks at 0.90..0.95, level 2 all 3 of its 3 there
+    # (densities 0.5 vs 1.0), so 0.92 is a level-2 scale; 0.99 was only ever seen at level 1
+    model.level_scale_hist[1, 18] = 3.0
     model.level_scale_hist[0, 18] = 1.0
+    model.level_scale_hist[0, 19] = 1.0
     assert model.level_for_scale(0.92) == 1 and model.level_for_scale(0.99) == 0
+    model.level_scale_hist[0, 18] = 9.0  # level 1: 9 of 10 masks there (0.9) vs level 2's 3 of 3 (1.0): still 2
+    assert model.level_for_scale(0.92) == 1
+    model.level_scale_hist[1, 5] = 27.0  # level 2: now 3 of 30 (0.1) there: level 1 (0.9) wins, despite fewer masks
+    assert model.level_for_scale(0.92) == 0
     model.level_scale_hist.zero_()
     assert model.labels_at_scale(0.9).tolist() == [0, 0, 0, 1, 1, 1] or model.labels_at_scale(0.9).tolist() == [1, 1, 1, 0, 0, 0]
     fine = model.labels_at_scale(0.2)

@@ -1,8 +1,9 @@
 """Binary-Gaussian (Yang et al., AAAI-26, arXiv 2512.00944): what the paper adds to the shared base.
 
-- a D-dim latent per Gaussian (D = sum of the level widths D_l, default 12/10/10 = 32); its bits
-  f̄_i = I(latent > 0.5) (straight-through: the latent gets the gradient) are rendered through the frozen
-  geometry (Eq. 2) and the rendered F_p is binarised per pixel with the straight-through estimator (Eq. 3);
+- a D-dim latent f_i in [0, 1] per Gaussian (D = sum of the level widths D_l, default 12/10/10 = 32), rendered
+  through the frozen geometry (Eq. 2); the rendered F_p is binarised per pixel with the straight-through
+  estimator (Eq. 3) and Eq. 8 pushes F_p to 0/1. CHOICE: the latent is kept in [0, 1] by projection after each
+  step (no sigmoid, so the paper's lr 0.005 acts on the value itself);
 - L coarse-to-fine levels: level l's label is the concatenation of the bits of levels 1..l (Eq. 4), i.e. an
   integer *prefix* of the 32-bit code;
 - progressive contrastive learning (Eq. 5-6), the virtual negative for positive-only groups (Eq. 7), the
@@ -10,13 +11,19 @@
 - mask-balanced pixel sampling (Sec. 3.5: 2k random pixels + 8k from randomly chosen masks);
 - opacity fine-tuned at 2% of its initial learning rate during the feature stage (Sec. 3.5 / 4.2);
 - after training, each Gaussian keeps ONE 32-bit integer (buffer ``binary_codes``, int32 [N]); the float latent
-  and its optimizer state are dropped from the final checkpoint.
+  and its optimizer state are dropped from the final checkpoint. CHOICE (the paper stores f̄_i without saying how
+  a continuous latent becomes bits): each bit is a render-weighted vote over the training views, the majority,
+  weighted by the blending weight alpha_i T_i, of the binarised rendered bits (Eq. 3) of the pixels the Gaussian
+  contributes to (:func:`render_weighted_votes`), so Class_i agrees with the Class_p it renders; Gaussians no
+  training view renders (and exact ties) keep I(latent > 0.5). At inference the stored bits are rendered (Eq. 2)
+  and the clicked pixel's binarised code gives the query Class_p (Sec. 3.6);
+- CHOICE: lambda_reg ramps from 0 to 10 over the first ``reg_warmup_steps`` (500) feature steps.
 
 Masks -> levels (the paper uses SAM's multi-granularity masks without saying how they become L levels; this
 is our mapping, also in ``docs/binary-gaussian.md``). Per training image:
 
-1. nesting: mask j is an *ancestor* of mask i when j is larger (quantile-normalised 3D scale, ties by area) and
-   covers at least ``nest_fraction`` (0.8) of i's pixels. A mask's nesting depth is its number of ancestors;
+1. nesting: mask j is an *ancestor* of mask i when j has more pixels (ties by 3D scale) and covers at least
+   ``nest_fraction`` (0.45) of i's pixels. A mask's nesting depth is its number of ancestors;
    its level is ``min(depth, L - 1)`` (0-based): top-level masks (whole objects) are level 1, masks inside one
    other mask (parts) level 2, deeper masks level 3 (all deeper ones are merged into the finest level);
 2. a pixel's label at level l is the *smallest* mask of level <= l containing it, so a region with no finer
@@ -29,7 +36,8 @@ is our mapping, also in ``docs/binary-gaussian.md``). Per training image:
 Scale -> level (the shared segmenter's ``scale`` in [0, 1] is the quantile of 3D mask sizes). During training the
 model keeps, per level, a 20-bin histogram of the normalised scales of the masks assigned to it (buffer
 ``level_scale_hist`` [L, 20], plus ``level_scale_sum`` / ``level_scale_count``; all saved with the checkpoint). A
-prompt at scale s uses the level with the most masks in s's bin (ties: the coarser level); if no level has a mask
+prompt at scale s uses the level whose *normalised* histogram (its scale distribution) is highest in s's bin
+(ties: the coarser level), so a level with more masks does not win a bin by count alone; if no level has a mask
 in that bin, the level whose mean mask scale is nearest to s (levels that never received a mask are skipped).
 With no statistics at all (an untrained model) the fallback is fixed bands: s >= 2/3 -> level 1 (coarse),
 1/3 <= s < 2/3 -> level 2, s < 1/3 -> level 3.
@@ -115,7 +123,7 @@ def code_prefix(codes: Tensor, num_prefix_bits: int) -> Tensor:
 
 
 def mask_levels(
-    masks: Tensor, mask_scales: Tensor, num_levels: int, nest_fraction: float = 0.8, max_pixels: int = 16384
+    masks: Tensor, mask_scales: Tensor, num_levels: int, nest_fraction: float = 0.45, max_pixels: int = 16384
 ) -> Tensor:
     """Level (0-based) of each mask of one image: ``min(nesting depth, L - 1)`` (see the module docstring).
 
@@ -134,7 +142,9 @@ def mask_levels(
         area = flat.sum(-1)
     inter = flat @ flat.T  # [M, M], inter[i, j] = |M_i & M_j|
     scales = mask_scales.to(flat.device, torch.float32).reshape(-1)
-    larger = (scales[None, :] > scales[:, None]) | ((scales[None, :] == scales[:, None]) & (area[None, :] > area[:, None]))
+    # a containing mask has more pixels: order by area (ties by 3D scale); the 3D scale of a thin part can exceed
+    # that of its (incompletely masked) object, so it is only the tie-break
+    larger = (area[None, :] > area[:, None]) | ((area[None, :] == area[:, None]) & (scales[None, :] > scales[:, None]))
     covers = inter >= nest_fraction * area[:, None].clamp_min(1.0)
     ancestors = larger & covers  # [i, j]: j is an ancestor of i
     depth = ancestors.sum(-1)
@@ -316,8 +326,14 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     """Pixels sampled by mask-balanced sampling per image (paper: 8k), split evenly over num-balanced-masks."""
     num_balanced_masks: int = 16
     """Masks drawn at random per image for mask-balanced sampling."""
-    nest_fraction: float = 0.8
-    """A larger mask covering at least this fraction of a mask is its ancestor (masks -> levels by nesting depth)."""
+    nest_fraction: float = 0.45
+    """A larger mask (more pixels) covering at least this fraction of a mask is its ancestor (masks -> levels by
+    nesting depth). On the default scene's folder masks the coverages of a smaller mask by a larger one split into
+    <= 0.41 (neighbours) and >= 0.49 (parts of an incompletely masked object)."""
+    reg_warmup_steps: int = 500
+    """lambda_reg ramps linearly from 0 to its value over the first steps of the feature stage (the paper gives
+    only the final weight): with the full weight at once, Eq. 8 drives the rendered F (about 0.5 * alpha at
+    initialisation) to all-zero before the contrastive terms can separate the masks."""
     lambda_reg: float = 10.0
     """lambda_reg: weight of the binarisation regulariser L_reg (Eq. 8-9; paper 10)."""
     lambda_guiding: float = 1.0
@@ -554,20 +570,31 @@ class BinaryGaussianModel(SegSplatModel):
         groups = pixel_level_groups(membership, scales, levels, self.num_levels)
         sampled = flat[pixel_ids]
         return {
-            "binarization_loss": self.config.lambda_reg * binarization_loss(sampled),
+            "binarization_loss": self.reg_weight() * binarization_loss(sampled),
             "virtual_negative_loss": self.config.lambda_guiding * virtual_negative_loss(sampled, groups, self.widths),
             "progressive_contrastive_loss": self.config.lambda_con
             * progressive_contrastive_loss(sampled, groups, self.widths),
         }
+
+    def reg_weight(self) -> float:
+        """lambda_reg, ramped linearly from 0 over ``reg_warmup_steps`` feature steps."""
+        warmup = self.config.reg_warmup_steps
+        if warmup <= 0:
+            return self.config.lambda_reg
+        done = max(0, self.step - self.feature_start_step)
+        return self.config.lambda_reg * min(1.0, done / warmup)
 
     # ---- inference (the segmenter's interface) -------------------------------------------------------
     def level_for_scale(self, scale: float) -> int:
         """0-based level for a quantile-normalised scale in [0, 1] (see the module docstring)."""
         counts = self.level_scale_count
         bin_index = min(int(float(scale) * SCALE_BINS), SCALE_BINS - 1)
-        in_bin = self.level_scale_hist[:, bin_index]
+        totals = self.level_scale_hist.sum(-1, keepdim=True)
+        density = self.level_scale_hist / totals.clamp_min(1.0)
+        in_bin = density[:, bin_index]
         if bool((in_bin > 0).any()):
-            # the level whose masks have this scale most often (ties: the coarser level)
+            # the level in whose scale distribution this scale is most likely (each level's histogram normalised,
+            # so the level with more masks does not win by count alone; ties: the coarser level)
             return int(torch.argmax(in_bin))
         if bool((counts > 0).any()):
             means = self.level_scale_sum / counts.clamp_min(1.0)
