@@ -21,7 +21,7 @@ def clustered_features(n: int, d: int = 32, clusters: int = 20, noise: float = 0
 @pytest.fixture(scope="module")
 def scorer_and_queries():
     torch.manual_seed(0)
-    features = clustered_features(60_000)
+    features = clustered_features(70_000)  # above BF16_FROM: the bfloat16 path
     gate = ScaleGate(32)
     with torch.no_grad():
         gate.linear.weight.normal_(0.0, 3.0)
@@ -64,3 +64,12 @@ def test_only_the_most_recent_scales_are_kept(scorer_and_queries):
     assert scorer.gated_features(0.1) is first  # still kept, and now the most recent
     scorer.gated_features(0.3)  # evicts 0.2, the least recent
     assert list(scorer._gated) == [0.1, 0.3]
+
+
+def test_small_scenes_score_in_fp32():
+    features = clustered_features(5_000, seed=1)
+    gate = ScaleGate(32)
+    scorer = AffinityScorer(features, gate)
+    queries = F.normalize(features[:2] * scorer.gate_at(0.4), dim=-1)
+    assert scorer.gated_features(0.4).dtype == torch.float32
+    assert torch.allclose(scorer.scores(queries, 0.4), direct_scores(features, scorer.gate_at(0.4), queries), atol=1e-6)

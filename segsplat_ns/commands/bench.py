@@ -29,7 +29,8 @@ GEOMETRY_KEYS = ("means", "scales", "quats", "opacities", "features_dc", "featur
 METHOD_FLAGS: Dict[str, List[str]] = {
     # the demo's CPU settings: 512 pixels per step, half of them mask-balanced (see docs/saga.md)
     "saga": ["--pipeline.model.num-sampled-pixels", "512", "--pipeline.model.num-mask-balanced-pixels", "256"],
-    "binary-gaussian": [],
+    # the paper's 2k + 8k pixels are GPU-sized; 300 + 700 keep its ratio (about 0.15 s a step here, docs/binary-gaussian.md)
+    "binary-gaussian": ["--pipeline.model.num-random-pixels", "300", "--pipeline.model.num-mask-pixels", "700"],
 }
 """Per-method ns-train flags for CPU-sized runs (appended before --extra-args)."""
 

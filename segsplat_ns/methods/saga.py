@@ -50,6 +50,8 @@ class AffinityScorer:
 
     BF16_COSINE_ERROR = 2.0**-6
     """Bound on |bf16 cosine - fp32 cosine| for unit vectors (8-bit mantissas: ~2^-8 per vector, with margin)."""
+    BF16_FROM = 65536
+    """Below this many Gaussians the features fit in the CPU caches, where fp32 is faster: they stay fp32."""
 
     def __init__(self, features: torch.Tensor, gate: ScaleGate, cached_scales: int = 4):
         self.features = features  # [N, D] fp32 unit vectors (after smoothing)
@@ -62,12 +64,14 @@ class AffinityScorer:
 
     @torch.no_grad()
     def gated_features(self, scale: float) -> torch.Tensor:
-        """S(s) * f_g, unit-normalised, in bfloat16: [N, D] (computed once per kept scale)."""
+        """S(s) * f_g, unit-normalised, in bfloat16 (fp32 below ``BF16_FROM`` Gaussians): [N, D], once per kept scale."""
         key = float(scale)
         if key in self._gated:
             self._gated.move_to_end(key)
             return self._gated[key]
-        gated = F.normalize(self.features * self.gate_at(key), dim=-1).to(torch.bfloat16)
+        gated = F.normalize(self.features * self.gate_at(key), dim=-1)
+        if gated.shape[0] >= self.BF16_FROM:
+            gated = gated.to(torch.bfloat16)
         self._gated[key] = gated
         while len(self._gated) > self.cached_scales:
             self._gated.popitem(last=False)
@@ -81,9 +85,9 @@ class AffinityScorer:
         gives the fp32 selection.
         """
         gated = self.gated_features(scale)
-        products = gated @ queries.to(torch.bfloat16).T  # [N, K]: the one pass over the features
+        products = gated @ queries.to(gated.dtype).T  # [N, K]: the one pass over the features
         scores = (products.reshape(-1) if products.shape[1] == 1 else products.amax(dim=-1)).float()
-        if exact_near is not None:
+        if exact_near is not None and gated.dtype == torch.bfloat16:
             low, high = float(exact_near) - self.BF16_COSINE_ERROR, float(exact_near) + self.BF16_COSINE_ERROR
             near = torch.nonzero((scores >= low) & (scores <= high)).reshape(-1)
             if near.numel() > 0:
