@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from segsplat_ns.methods.binary_gaussian import (
     binarization_loss,
@@ -18,7 +19,9 @@ from segsplat_ns.methods.binary_gaussian import (
     positive_only_pixels,
     progressive_contrastive_loss,
     progressive_pair_losses,
+    PrefixTable,
     render_weighted_votes,
+    snap_codes,
     ste_binarize,
     to_int32,
     unpack_codes,
@@ -227,6 +230,74 @@ def _small_model(num_points: int = 6):
     return model
 
 
+def _code(text: str) -> Tensor:
+    bits = [int(ch) for ch in text.replace(" ", "")]
+    return pack_codes(torch.tensor([bits]))[0]
+
+
+def _text(code: Tensor, num_bits: int, split: int) -> str:
+    raw = format(int(code) >> (32 - num_bits), f"0{num_bits}b")
+    return raw[:split] + " " + raw[split:]
+
+
+def test_snap_codes_hierarchical_clean_up_by_hand():
+    # two levels of 4 bits; code weights (summed render weights of the Gaussians holding them)
+    codes = torch.stack([_code("0000 1111"), _code("0000 1110"), _code("0001 0000"), _code("1111 0000"),
+                         _code("1110 0001"), _code("0011 1111")])
+    weight = torch.tensor([5.0, 1.0, 1.0, 4.0, 1.0, 0.5])
+    # level 1 strings: 0000 (5 + 1 = 6), 1111 (4), 0001 (1), 1110 (1), 0011 (0.5). Heaviest first, radius 1:
+    # 0000 claims 0001; 1111 claims 1110; 0011 (2 from 0000) stays its own.
+    # level 2 inside 0000: 1111 (5), 1110 (1), 0000 (1, from the snapped 0001 0000): 1111 claims 1110.
+    # level 2 inside 1111: 0000 (4) claims 0001 (1, from the snapped 1110 0001).
+    out = snap_codes(codes, weight, (4, 4), 1)
+    assert [_text(c, 8, 4) for c in out] == ["0000 1111", "0000 1111", "0000 0000", "1111 0000", "1111 0000",
+                                             "0011 1111"]
+    # radius 2: 0011 is now within reach of 0000 and joins it; its level-2 bits 1111 join that group's 1111
+    out2 = snap_codes(codes, weight, (4, 4), 2)
+    assert _text(out2[5], 8, 4) == "0000 1111"
+    # radius 0: unchanged; the heavier of two strings in reach wins: 0101 is 1 from both 0100 (2) and 0111 (3)
+    assert torch.equal(snap_codes(codes, weight, (4, 4), 0), codes)
+    tie = snap_codes(torch.stack([_code("0100 0000"), _code("0111 0000"), _code("0101 0000")]),
+                     torch.tensor([2.0, 3.0, 0.1]), (4, 4), 1)
+    assert [_text(c, 8, 4) for c in tie] == ["0100 0000", "0111 0000", "0111 0000"]
+    # level 2 is cleaned only inside a parent: equal level-2 strings under different parents are not merged,
+    # and a light level-2 string is not pulled into another parent's heavy one
+    split = snap_codes(torch.stack([_code("0000 1111"), _code("1111 1110")]), torch.tensor([9.0, 1.0]), (4, 4), 1)
+    assert [_text(c, 8, 4) for c in split] == ["0000 1111", "1111 1110"]
+
+
+def test_prefix_table_maps_a_query_to_the_nearest_stored_prefix_level_by_level():
+    codes = torch.stack([_code("0000 1111")] * 3 + [_code("0000 0000")] + [_code("1110 0011")] * 2)
+    table = PrefixTable(codes, (4, 4), 1)  # level 2: 8-bit prefixes
+    def q(text):
+        return code_prefix(_code(text), 8).reshape(1)
+    # stored prefixes map to themselves
+    assert table.lookup(q("0000 0000")).item() == code_prefix(_code("0000 0000"), 8).item()
+    # level 1 first: 1000 is 1 from 0000 and 2 from 1110 -> group 0000, then nearest level-2 bits 0111 -> 1111
+    assert table.lookup(q("1000 0111")).item() == code_prefix(_code("0000 1111"), 8).item()
+    # level 1 decides first, even where the whole-prefix distance would pick another group: 1000 0011 is 2 bits
+    # from 1110 0011 overall but 3 from both 0000 prefixes; its level-1 bits 1000 are nearest to 0000, then the
+    # level-2 bits 0011 tie (2 from 1111 and from 0000): the prefix held by more Gaussians
+    assert table.lookup(q("1000 0011")).item() == code_prefix(_code("0000 1111"), 8).item()
+    assert table.lookup(q("1100 0011")).item() == code_prefix(_code("1110 0011"), 8).item()
+    # ties at level 2 (0011 is 2 from 1111 and 2 from 0000 under 0000): the prefix held by more Gaussians
+    assert table.lookup(q("0000 0011")).item() == code_prefix(_code("0000 1111"), 8).item()
+    # level-1 table
+    table1 = PrefixTable(codes, (4, 4), 0)
+    assert table1.lookup(code_prefix(_code("0110 0000"), 4).reshape(1)).item() == 0b1110
+
+
+def test_anchor_normalisation_by_hand():
+    # one level of 2 bits, 3 pixels: p0, p1 in group A, p2 in group B; binarised p0 = [1,0], p1 = [1,0], p2 = [1,1]
+    features = torch.tensor([[0.9, 0.2], [0.8, 0.1], [0.7, 0.9]])
+    groups = torch.tensor([[0, 0, 1]])
+    # pair values: (0,1) positive 0; (0,2), (1,2) negative 2 - 1 = 1 (both directions)
+    # "pairs": (0 + 0 + 1 + 1 + 1 + 1) / 6
+    assert progressive_contrastive_loss(features, groups, (2,)).item() == pytest.approx(4 / 6, abs=1e-5)
+    # "anchor": positives: p0 -> 0, p1 -> 0 (p2 has none) -> 0; negatives: p0 -> 1, p1 -> 1, p2 -> (1 + 1) / 2 -> 1
+    assert progressive_contrastive_loss(features, groups, (2,), "anchor").item() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp_path):
     pytest.importorskip("sklearn")
     try:
@@ -238,6 +309,7 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
         latent.zero_()
         latent[:3, 0] = 1.0  # Gaussians 0-2: level-1 code 100000000000; 3-5: all zero
         latent[0, 12] = 1.0  # Gaussian 0 differs from 1, 2 at level 2
+    model.config.snap_radius = 0  # codes 1 bit apart must stay apart here (the clean-up is tested on its own)
     optimizer = torch.optim.Adam([latent], lr=0.005)
     latent.grad = torch.ones_like(latent)
     optimizer.step()

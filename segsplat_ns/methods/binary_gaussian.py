@@ -18,6 +18,11 @@
   training view renders (and exact ties) keep I(latent > 0.5). At inference the stored bits are rendered (Eq. 2)
   and the clicked pixel's binarised code gives the query Class_p (Sec. 3.6);
 - CHOICE: lambda_reg ramps from 0 to 10 over the first ``reg_warmup_steps`` (500) feature steps.
+- CHOICE: each level's Eq. 6 is scaled per anchor pixel (mean of its positive pairs + mean of its negative pairs,
+  ``pair_normalisation="anchor"``), so a small object is pulled onto one code as strongly as it is pushed away;
+- CHOICE: after the vote, a hierarchical code clean-up (:func:`snap_codes`, ``snap_radius`` 2) merges level-l bit
+  strings within Hamming distance 2 of a heavier one in the same parent group, and a clicked prefix that no
+  Gaussian stores is replaced by the nearest stored one, level by level (:class:`PrefixTable`).
 
 Masks -> levels (the paper uses SAM's multi-granularity masks without saying how they become L levels; this
 is our mapping, also in ``docs/binary-gaussian.md``). Per training image:
@@ -229,11 +234,25 @@ def progressive_pair_losses(
     return values, positives, negatives
 
 
-def progressive_contrastive_loss(features: Tensor, groups: Tensor, widths: Sequence[int]) -> Tensor:
-    """sum_l L_level-l, each the mean of Eq. 6 over the pairs it constrains (cases 1 and 2, ordered, p != q)."""
+def progressive_contrastive_loss(
+    features: Tensor, groups: Tensor, widths: Sequence[int], normalisation: str = "pairs"
+) -> Tensor:
+    """sum_l L_level-l of Eq. 6. ``normalisation`` (the paper sums over pairs without saying how it is scaled):
+    "pairs": the mean over the ordered pairs (p != q) the level constrains (cases 1 and 2);
+    "anchor": per pixel p, the mean over its positive pairs plus the mean over its negative pairs, averaged over
+    the pixels that have such pairs, so every pixel is pulled towards its group as strongly as it is pushed away
+    from the others, whatever the group's size."""
     values, positives, negatives = progressive_pair_losses(features, groups, widths)
     total = features.new_zeros(())
     for value, positive, negative in zip(values, positives, negatives):
+        if normalisation == "anchor":
+            for chosen in (positive, negative):
+                per_anchor = chosen.sum(-1)
+                has = per_anchor > 0
+                if bool(has.any()):
+                    anchor_mean = (value * chosen).sum(-1)[has] / per_anchor[has]
+                    total = total + anchor_mean.mean()
+            continue
         count = int((positive | negative).sum())
         if count > 0:
             total = total + value.sum() / count
@@ -308,6 +327,90 @@ def voted_bits(votes: Tensor, weight: Tensor, fallback: Tensor) -> Tensor:
     return torch.where(seen & decided, votes > 0, fallback.bool())
 
 
+
+def _cluster_codes(bits: Tensor, weight: Tensor, radius: int) -> Tensor:
+    """Greedy weighted clustering of distinct bit strings [U, b] (weights [U]): heaviest first, each string not
+    yet claimed becomes a centre and claims every unclaimed string within Hamming distance ``radius``. Returns the
+    index of each string's centre [U] (a string within reach of several centres goes to the heaviest)."""
+    count = bits.shape[0]
+    centre = torch.full((count,), -1, dtype=torch.long, device=bits.device)
+    order = torch.argsort(weight, descending=True, stable=True)
+    for index in order.tolist():
+        if centre[index] >= 0:
+            continue
+        near = ((bits != bits[index]).sum(-1) <= radius) & (centre < 0)
+        centre[near] = index
+    return centre
+
+
+def snap_codes(codes: Tensor, weight: Tensor, widths: Sequence[int], radius: int) -> Tensor:
+    """Hierarchical code clean-up (ours; the paper has no such step): level by level, coarse to fine, within
+    each level-(l-1) group (the whole scene at level 1), each distinct level-l bit string is replaced by the
+    heaviest string within Hamming distance ``radius`` (greedy, :func:`_cluster_codes`); a string's weight is the
+    summed render weight of the Gaussians holding it. Finer bits are kept and cleaned at the next level, inside
+    the (possibly new) parent group. ``codes`` unsigned int64 [N]; returns the cleaned codes, int64 [N].
+    ``radius`` 0 returns the codes unchanged."""
+    codes = codes.to(torch.int64) & 0xFFFFFFFF
+    if radius <= 0 or codes.numel() == 0:
+        return codes
+    weight = weight.to(torch.float64).reshape(-1).to(codes.device)
+    for level, (start, end) in enumerate(level_slices(widths)):
+        level_mask = ((1 << (end - start)) - 1) << (CODE_BITS - end)
+        parent = code_prefix(codes, start) if start > 0 else torch.zeros_like(codes)
+        field_ = (codes & level_mask) >> (CODE_BITS - end)
+        key = torch.stack([parent, field_], dim=-1)
+        unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+        unique_weight = torch.zeros(unique.shape[0], dtype=torch.float64, device=codes.device).index_add_(0, inverse, weight)
+        replacement = unique[:, 1].clone()
+        for group in torch.unique(unique[:, 0]).tolist():
+            members = (unique[:, 0] == group).nonzero().squeeze(-1)
+            if members.numel() < 2:
+                continue
+            member_bits = unpack_codes(unique[members, 1] << (CODE_BITS - (end - start)), end - start)
+            centre = _cluster_codes(member_bits, unique_weight[members], radius)
+            replacement[members] = unique[members[centre], 1]
+        new_field = replacement[inverse]
+        codes = (codes & ~level_mask & 0xFFFFFFFF) | (new_field << (CODE_BITS - end))
+    return codes
+
+
+
+class PrefixTable:
+    """The distinct stored prefixes of one level with their Gaussian counts, for :meth:`lookup`."""
+
+    def __init__(self, codes: Tensor, widths: Sequence[int], level: int) -> None:
+        self.widths = tuple(widths)
+        self.level = level
+        prefixes = code_prefix(codes, prefix_bits(widths, level))
+        self.prefixes, self.counts = torch.unique(prefixes, return_counts=True)
+
+    def lookup(self, queries: Tensor) -> Tensor:
+        """Each query prefix [K] -> the nearest stored prefix, level by level (ours): among the stored prefixes,
+        keep those whose level-1 bits are nearest (Hamming) to the query's, then among those the ones whose
+        level-2 bits are nearest, and so on; ties: the prefix held by most Gaussians. A query that is stored
+        maps to itself."""
+        queries = queries.to(torch.int64).reshape(-1)
+        out = queries.clone()
+        if self.prefixes.numel() == 0:
+            return out
+        total = prefix_bits(self.widths, self.level)
+        stored_bits = unpack_codes(self.prefixes << (CODE_BITS - total), total)
+        query_bits = unpack_codes(queries.to(self.prefixes.device) << (CODE_BITS - total), total)
+        for k in range(queries.numel()):
+            alive = torch.ones(self.prefixes.numel(), dtype=torch.bool, device=self.prefixes.device)
+            for start, end in level_slices(self.widths)[: self.level + 1]:
+                distance = (stored_bits[:, start:end] != query_bits[k, start:end]).sum(-1)
+                distance = torch.where(alive, distance, torch.full_like(distance, CODE_BITS + 1))
+                alive = distance == distance.min()
+            counts = torch.where(alive, self.counts, torch.full_like(self.counts, -1))
+            out[k] = self.prefixes[int(torch.argmax(counts))]
+        return out.to(queries.device)
+
+
+def stored_prefixes(codes: Tensor, widths: Sequence[int], level: int) -> PrefixTable:
+    return PrefixTable(codes, widths, level)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------
@@ -349,6 +452,16 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     vote_codes: bool = True
     """At finalisation, set each Gaussian's bits by a render-weighted vote of the binarised rendered bits of the
     training-view pixels it contributes to (so stored codes agree with what is rendered); off: I(latent > 0.5)."""
+
+    snap_radius: int = 2
+    """At finalisation, hierarchical code clean-up (:func:`snap_codes`, ours): within each parent group, a level's
+    bit strings within this Hamming distance of a heavier one (by render weight) take its bits; 0: off."""
+    snap_query: bool = True
+    """At a click, replace the clicked pixel's rendered prefix by the nearest prefix some Gaussian stores
+    (:class:`PrefixTable`, ours), level by level; off: the rendered prefix as is (Sec. 3.6)."""
+    pair_normalisation: str = "anchor"
+    """Scaling of each level's Eq. 6 sum (ours): "pairs" (mean over constrained pairs) or "anchor" (per pixel,
+    mean over its positives + mean over its negatives; see :func:`progressive_contrastive_loss`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -416,14 +529,14 @@ class BinaryGaussianModel(SegSplatModel):
         return self._memo(("prefix", level), lambda: code_prefix(self.gaussian_codes(), prefix_bits(self.widths, level)))
 
     @torch.no_grad()
-    def vote_bits(self, cameras: Optional[Cameras]) -> Tensor:
+    def vote_bits(self, cameras: Optional[Cameras], with_weight: bool = False):
         """Each Gaussian's bits [N, D] bool: the render-weighted majority of the binarised rendered bits (Eq. 3)
         of the pixels it contributes to, over ``cameras`` (the training views); I(latent > 0.5) for Gaussians
         that no view renders (and for exact ties). Without cameras: I(latent > 0.5)."""
         latent = self.latent.detach().clamp(0.0, 1.0)
         fallback = latent > 0.5
         if cameras is None or len(cameras) == 0 or latent.shape[0] == 0:
-            return fallback
+            return (fallback, latent.new_ones(latent.shape[0])) if with_weight else fallback
         votes = torch.zeros_like(latent)
         weight = latent.new_zeros(latent.shape[0])
         for index in range(len(cameras)):
@@ -431,7 +544,8 @@ class BinaryGaussianModel(SegSplatModel):
             view_votes, view_weight = render_weighted_votes(lambda colors: self.render_features(colors, camera)[0], latent)
             votes += view_votes
             weight += view_weight
-        return voted_bits(votes, weight, fallback)
+        bits = voted_bits(votes, weight, fallback)
+        return (bits, weight) if with_weight else bits
 
     @torch.no_grad()
     def finalize_codes(self, optimizers=None, cameras: Optional[Cameras] = None) -> None:
@@ -439,8 +553,9 @@ class BinaryGaussianModel(SegSplatModel):
         latent and its optimizer state."""
         if bool(self.codes_finalized) and self.latent.shape[1] == 0:
             return
-        bits = self.vote_bits(cameras if self.config.vote_codes else None)
-        codes = pack_codes(bits)
+        bits, weight = self.vote_bits(cameras if self.config.vote_codes else None, with_weight=True)
+        # without views the weight of a code is its number of Gaussians
+        codes = snap_codes(pack_codes(bits), weight, self.widths, self.config.snap_radius)
         self._buffers["binary_codes"] = to_int32(codes).to(self.latent.device)
         self.codes_finalized.fill_(True)
         self.latent.data = self.latent.data.new_zeros((self.num_points, 0))
@@ -573,7 +688,7 @@ class BinaryGaussianModel(SegSplatModel):
             "binarization_loss": self.reg_weight() * binarization_loss(sampled),
             "virtual_negative_loss": self.config.lambda_guiding * virtual_negative_loss(sampled, groups, self.widths),
             "progressive_contrastive_loss": self.config.lambda_con
-            * progressive_contrastive_loss(sampled, groups, self.widths),
+            * progressive_contrastive_loss(sampled, groups, self.widths, self.config.pair_normalisation),
         }
 
     def reg_weight(self) -> float:
@@ -609,7 +724,10 @@ class BinaryGaussianModel(SegSplatModel):
         """Class_p^l of the clicked pixels [K, 2] (x, y): the rendered code binarised (Eq. 3), its level prefix."""
         level = self.level_for_scale(scale)
         rendered = feature_map[pixels[:, 1], pixels[:, 0]]
-        return code_prefix(pack_codes(rendered > 0.5), prefix_bits(self.widths, level))
+        query = code_prefix(pack_codes(rendered > 0.5), prefix_bits(self.widths, level))
+        if self.config.snap_query:
+            query = self._memo(("stored", level), lambda: stored_prefixes(self.gaussian_codes(), self.widths, level)).lookup(query)
+        return query
 
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:
