@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -380,6 +381,25 @@ def test_ns_train_and_eval_binary_gaussian(workdir, scene):
     assert metrics["psnr"] > 15.0
     assert metrics["seg_object_count"] == 2
     assert 0.0 <= metrics["seg_object_miou"] <= 1.0 and 0.0 <= metrics["seg_part_miou"] <= 1.0
+    assert "decomp_object_miou" in metrics  # labels by code prefix, scored as a decomposition
+
+    # the .ply export works as for saga: a click on the largest object of eval view 0
+    import numpy as np
+    from PIL import Image
+
+    from segsplat_ns.eval.protocol import interior_point
+    from segsplat_ns.export import read_splat_ply
+
+    meta = json.loads((scene / "gt" / "meta.json").read_text())
+    objects = np.asarray(Image.open(scene / "gt" / "objects" / (Path(meta["eval_frames"][0]).stem + ".png")))
+    ids, counts = np.unique(objects[objects > 0], return_counts=True)
+    x, y = interior_point(objects == ids[np.argmax(counts)])
+    ply = workdir / "binary-selection.ply"
+    result = run([str(BIN / "segsplat"), "segment", "--load-config", str(config), "--camera", "0", "--pixel", str(x),
+                  str(y), "--scale", "0.9", "--output", str(ply)], cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    selected = int(result.stdout.split("Selected ")[1].split(" of ")[0])
+    assert len(read_splat_ply(ply)["x"]) == selected > 0 and ply.with_suffix(".png").exists()
 
 
 def test_opacity_lr_is_two_percent_in_the_feature_stage():
