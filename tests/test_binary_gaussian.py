@@ -327,16 +327,32 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
     model.level_scale_sum.copy_(torch.tensor([0.8, 0.3, 0.0]))
     model.level_scale_count.copy_(torch.tensor([1.0, 1.0, 0.0]))
     assert model.level_for_scale(0.9) == 0 and model.level_for_scale(0.2) == 1  # level 3 has no masks
-    # histograms, normalised per level: level 1 has 1 of its 2 masks at 0.90..0.95, level 2 all 3 of its 3 there
-    # (densities 0.5 vs 1.0), so 0.92 is a level-2 scale; 0.99 was only ever seen at level 1
-    model.level_scale_hist[1, 18] = 3.0
-    model.level_scale_hist[0, 18] = 1.0
-    model.level_scale_hist[0, 19] = 1.0
-    assert model.level_for_scale(0.92) == 1 and model.level_for_scale(0.99) == 0
-    model.level_scale_hist[0, 18] = 9.0  # level 1: 9 of 10 masks there (0.9) vs level 2's 3 of 3 (1.0): still 2
-    assert model.level_for_scale(0.92) == 1
-    model.level_scale_hist[1, 5] = 27.0  # level 2: now 3 of 30 (0.1) there: level 1 (0.9) wins, despite fewer masks
-    assert model.level_for_scale(0.92) == 0
+    assert [model.level_for_scale(s) for s in (0.0, 0.5, 0.6, 1.0)] == [1, 1, 0, 0]  # boundary midway: 0.55
+    # histograms: the scale axis is cut into monotone ranges maximising the summed normalised histograms.
+    # level 1: 20 masks, 10 at 0.70..0.75 and 10 at 0.80..0.85; level 2: 90 masks at 0..0.3 and 10 at 0.75..0.80.
+    model.level_scale_hist[0, 14] = 10.0
+    model.level_scale_hist[0, 16] = 10.0
+    model.level_scale_hist[1, 0:6] = 15.0
+    model.level_scale_hist[1, 15] = 10.0
+    model.level_scale_sum.copy_(torch.tensor([15.5, 20.5, 0.0]))
+    model.level_scale_count.copy_(torch.tensor([20.0, 100.0, 0.0]))
+    # Level 1 above level 2 keeps 1.0 + 0.9; giving level 2 the 0.75..0.80 bin too costs level 1 half its masks
+    # (0.1 gained, 0.5 lost): monotone, so 0.77 is level 1 although 10 level-2 masks and no level-1 mask are there
+    assert model.level_for_scale(0.77) == 0 and model.level_for_scale(0.99) == 0
+    assert model.level_for_scale(0.2) == 1 and model.level_for_scale(0.0) == 1
+    levels = [model.level_for_scale(b / 20 + 0.01) for b in range(20)]
+    assert levels == sorted(levels, reverse=True)
+    # the empty bins 0.30..0.70 go to the nearer mean (level 1: 0.775, level 2: 0.205): cut at 0.49
+    assert model.level_for_scale(0.47) == 1 and model.level_for_scale(0.52) == 0
+    # a level with under 5% of the masks gets no range (3 of 123 masks), however concentrated
+    model.level_scale_hist[2, 0] = 3.0
+    model.level_scale_count[2] = 3.0
+    assert model.level_for_scale(0.01) == 1
+    model.level_scale_hist[2, 0] = 30.0  # 30 of 150: level 3 takes the bottom bin
+    model.level_scale_count[2] = 30.0
+    assert model.level_for_scale(0.01) == 2 and model.level_for_scale(0.2) == 1
+    model.level_scale_sum.copy_(torch.tensor([0.8, 0.3, 0.0]))
+    model.level_scale_count.copy_(torch.tensor([1.0, 1.0, 0.0]))
     model.level_scale_hist.zero_()
     assert model.labels_at_scale(0.9).tolist() == [0, 0, 0, 1, 1, 1] or model.labels_at_scale(0.9).tolist() == [1, 1, 1, 0, 0, 0]
     fine = model.labels_at_scale(0.2)
