@@ -64,7 +64,16 @@ def entrypoint() -> None:
         Annotated[BenchLatency, tyro.conf.subcommand("bench-latency")],
         Annotated[EvalBenchmark, tyro.conf.subcommand("eval-benchmark")],
     ]
-    command = tyro.cli(commands, prog="segsplat")
+    args = sys.argv[1:]
+    verbatim: Optional[Tuple[str, ...]] = None
+    if args[:1] == ["bench"] and "--extra-args" in args:
+        # ns-train flags start with "--", which tyro would read as options of its own: everything after
+        # --extra-args is passed to ns-train as it is
+        at = args.index("--extra-args")
+        args, verbatim = args[:at], tuple(args[at + 1 :])
+    command = tyro.cli(commands, prog="segsplat", args=args)
+    if verbatim is not None:
+        command.extra_args = verbatim
     from segsplat_ns.errors import run_with_clear_errors
 
     if isinstance(command, SceneConfig):

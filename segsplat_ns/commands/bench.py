@@ -93,7 +93,8 @@ class Bench:
     feature_steps: int = 1500
     """Stage two steps of each method."""
     extra_args: Tuple[str, ...] = ()
-    """More ns-train flags for every feature run, e.g. --extra-args --pipeline.model.num-sampled-pixels 1000."""
+    """More ns-train flags for every feature run, given last: everything after --extra-args goes to ns-train as
+    it is, e.g. --extra-args --pipeline.model.lambda-guiding 0."""
     fresh: bool = False
     """Retrain even where a finished run exists."""
 
