@@ -55,6 +55,14 @@ def test_bench_reuses_finished_runs_and_matches_ns_eval(bench_run):
         assert results[key] == pytest.approx(first[key], abs=1e-4), key  # rendering sums threads in any order
 
 
+def test_bench_passes_everything_after_extra_args_to_ns_train(tmp_path):
+    """ns-train flags start with "--": they must reach the bench as its extra args, not as its own options."""
+    result = run([str(BIN / "segsplat"), "bench", "--workdir", str(tmp_path), "--methods", "no-such-method",
+                  "--extra-args", "--pipeline.model.lambda-guiding", "0"], cwd=tmp_path)
+    assert "Unrecognized options" not in result.stdout + result.stderr
+    assert result.returncode != 0 and "unknown method(s) ['no-such-method']" in result.stdout + result.stderr
+
+
 def test_bench_latency_table_and_json(tmp_path):
     out = tmp_path / "latency.json"
     result = run([str(BIN / "segsplat"), "bench-latency", "--sizes", "2000", "20000", "--repeats", "3",
@@ -65,8 +73,11 @@ def test_bench_latency_table_and_json(tmp_path):
     for row in record["rows"]:
         assert row["mask_differences"] == 0 and row["selected"] > 0  # same selection as the direct fp32 way
         assert row["bound_fp32_read_ms"] == pytest.approx(row["bound_stored_read_ms"])  # small scenes stay fp32
+        # binary-gaussian's click at level 2: one of the 64 x 8 = 512 level-2 groups, about N / 512 Gaussians
+        assert 0 < row["binary_selected"] < row["gaussians"] / 100
+        assert row["direct_fp32_over_binary"] == pytest.approx(row["direct_fp32_ms"] / row["binary_same_level_ms"])
     assert record["read_bandwidth_gb_s"] > 0.1
-    assert "| 20,000 |" in result.stdout
+    assert "| 20,000 |" in result.stdout and "binary, same level" in result.stdout
 
 
 def test_eval_benchmark_spin_nerf_layout_on_a_trained_run(trained, scene, tmp_path):

@@ -11,6 +11,11 @@ is the same for every scoring method (``benchmarks/bench_rasterize.py`` measures
 - bound: bytes that must be read per click / this machine's read bandwidth, measured in the same run by summing
   a buffer larger than the caches. Given for the fp32 features (what the direct way reads at least) and for the
   features as the fast path stores them (bfloat16 from ``AffinityScorer.BF16_FROM`` Gaussians, fp32 below).
+- binary-gaussian, new level: the first click at a level (every Gaussian's level prefix from its int32 code, and the
+  table of distinct stored prefixes for the nearest-prefix query);
+- binary-gaussian, same level: every later click (nearest stored prefix of the query, then
+  :func:`~segsplat_ns.methods.binary_gaussian.prefix_scores` and the threshold), on codes with 64 x 8 x 4
+  groups (level 1 x 2 x 3), clicked at level 2 (22-bit prefixes).
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ def read_bandwidth(num_bytes: int = 512 << 20, repeats: int = 7) -> float:
 
 @dataclass
 class BenchLatency:
-    """Time SAGA's click -> mask at 10k, 100k and 1M Gaussians: our bfloat16 path, the authors' direct fp32 way, and
-    this machine's memory-bandwidth bound, measured in one run. Prints a markdown table; --output-json keeps it."""
+    """Time click -> mask at 10k, 100k and 1M Gaussians: SAGA's bfloat16 path, the authors' direct fp32 way, this
+    machine's memory-bandwidth bound, and Binary-Gaussian's integer prefix compare, measured in one run. Prints
+    markdown tables; --output-json keeps them."""
 
     sizes: Tuple[int, ...] = (10_000, 100_000, 1_000_000)
     """Numbers of Gaussians."""
@@ -72,6 +78,7 @@ class BenchLatency:
         from tqdm import tqdm
 
         from segsplat_ns.io import atomic_open
+        from segsplat_ns.methods.binary_gaussian import PrefixTable, code_prefix, prefix_bits, prefix_scores
         from segsplat_ns.methods.saga import AffinityScorer, direct_scores
         from segsplat_ns.methods.saga_loss import ScaleGate
 
@@ -117,6 +124,21 @@ class BenchLatency:
                 ours = scorer.scores(queries, scale, exact_near=self.threshold) > self.threshold
                 approximate = scorer.scores(queries, scale)
                 refined = int(((approximate - self.threshold).abs() <= AffinityScorer.BF16_COSINE_ERROR).sum())
+            # Binary-Gaussian on the same number of Gaussians: grouped random codes, a click at level 2
+            widths, level = (12, 10, 10), 1
+            group_codes = torch.randint(0, 2**32, (64 * 8 * 4,), generator=generator, dtype=torch.int64)
+            codes = group_codes[torch.randint(group_codes.numel(), (n,), generator=generator)].to(device)
+            query = code_prefix(codes[:1], prefix_bits(widths, level))
+
+            def binary_new_level():
+                prefixes = code_prefix(codes, prefix_bits(widths, level))
+                table = PrefixTable(codes, widths, level)
+                return prefix_scores(prefixes, table.lookup(query)) > self.threshold, prefixes, table
+
+            binary_first = timed(binary_new_level)
+            _, prefixes, table = binary_new_level()
+            binary_same = timed(lambda: prefix_scores(prefixes, table.lookup(query)) > self.threshold)
+            binary_selected = int((prefix_scores(prefixes, query) > self.threshold).sum())
             fp32_bytes = n * self.feature_dim * 4
             stored_bytes = n * self.feature_dim * (2 if n >= AffinityScorer.BF16_FROM else 4)
             self.rows.append(
@@ -134,6 +156,11 @@ class BenchLatency:
                     "selected": int(reference.sum()),
                     "mask_differences": int((ours != reference).sum()),
                     "rescored_in_fp32": refined,
+                    "binary_new_level_ms": binary_first * 1e3,
+                    "binary_same_level_ms": binary_same * 1e3,
+                    "direct_fp32_over_binary": direct / binary_same,
+                    "segsplat_saga_over_binary": same / binary_same,
+                    "binary_selected": binary_selected,
                 }
             )
         print(self.markdown(bandwidth))
@@ -172,5 +199,19 @@ class BenchLatency:
                 f"| {row['segsplat_same_scale_ms']:.2f} ms | {row['stored_dtype']} | {row['bound_stored_read_ms']:.2f} ms "
                 f"| {row['bound_fp32_read_ms']:.2f} ms | {row['speedup_vs_direct']:.1f}× | {row['times_stored_bound']:.1f} "
                 f"| {row['times_fp32_bound']:.1f} | {row['mask_differences']} of {row['selected']:,} selected |"
+            )
+        lines += [
+            "",
+            "Binary-Gaussian (int32 codes, click at level 2) against SAGA's float paths above, same run:",
+            "",
+            "| Gaussians | binary, new level | binary, same level | direct fp32 / binary | segsplat SAGA same scale / binary "
+            "| selected |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in self.rows:
+            lines.append(
+                f"| {row['gaussians']:,} | {row['binary_new_level_ms']:.2f} ms | {row['binary_same_level_ms']:.2f} ms "
+                f"| {row['direct_fp32_over_binary']:.1f}× | {row['segsplat_saga_over_binary']:.1f}× "
+                f"| {row['binary_selected']:,} |"
             )
         return "\n".join(lines)
