@@ -10,11 +10,14 @@ order, in the folder *Custom Elements / segmentation* of the Control tab:
 Status                what happened last (also sent as a viewer notification when it is a warning)
 Click mode            Off / Add (positive click) / Subtract (negative click): registers
                       ``ViewerControl.register_pointer_cb("click")``
-Scale, Threshold      re-segment from the stored clicks (and re-render)
+Scale, Threshold      re-segment from the stored clicks (and re-render). For a model with discrete levels
+                      (``scale_for_level``: binary-gaussian) *Scale* is a *Level* dropdown instead; each level
+                      is passed to the segmenter as a scale inside that level's range
 Undo, Reset           undo the last click / reset; Undo also undoes a Reset
 Display               the selection in the RGB render: highlighted (others dimmed), alone, or not at all
 Decompose scene       every Gaussian coloured by its HDBSCAN segment at the current scale (output
-                      ``clusters``); pressing it again at another scale recomputes
+                      ``clusters``); pressing it again at another scale recomputes. Models with discrete
+                      labels (``labels_at_scale``) give them directly
 Export selection      ``<run>/segments/selection_<n>.ply`` (the ``ns-export gaussian-splat`` format)
 Exported to           the last path written
 ====================  =================================================================================
@@ -69,6 +72,12 @@ DISPLAY_OFF = "Off (plain render)"
 DISPLAY_MODES = [DISPLAY_HIGHLIGHT, DISPLAY_ONLY, DISPLAY_OFF]
 
 DEFAULT_SCALE = 0.5
+
+
+def level_label(level: int, num_levels: int) -> str:
+    """The level selector's option for a 0-based level: 'level 1 (coarsest)' ... 'level L (finest)'."""
+    suffix = " (coarsest)" if level == 0 else " (finest)" if level == num_levels - 1 else ""
+    return f"level {level + 1}{suffix}"
 DIM_FACTOR = 0.3
 """Brightness of unselected pixels in the highlight display."""
 HIGHLIGHT_TINT = (1.0, 0.83, 0.41)
@@ -180,16 +189,30 @@ class SegmentationControls(nn.Module):
             cb_hook=self._guarded(self._on_mode),
             hint="Add: a click selects the object under the cursor. Subtract: a click removes what it would select.",
         )
-        self.c_scale = ViewerSlider(
-            "Scale",
-            DEFAULT_SCALE,
-            0.0,
-            1.0,
-            0.01,
-            cb_hook=self._guarded(self._on_slider),
-            hint="3D size of what a click selects: 0 = smallest parts, 1 = whole objects / scene "
-            "(quantile of the training masks' 3D scales).",
-        )
+        model = self._model()
+        self._num_levels = int(getattr(model, "num_levels", 0)) if hasattr(model, "scale_for_level") else 0
+        self.c_scale: ViewerElement
+        if self._num_levels:
+            # discrete granularity levels (binary-gaussian): a level selector instead of the continuous scale
+            self.c_scale = ViewerDropdown(
+                "Level",
+                level_label(0, self._num_levels),
+                [level_label(level, self._num_levels) for level in range(self._num_levels)],
+                cb_hook=self._guarded(self._on_slider),
+                hint="Granularity of what a click selects: every Gaussian whose code shares the clicked pixel's "
+                "code prefix at this level (level 1: coarsest, whole objects).",
+            )
+        else:
+            self.c_scale = ViewerSlider(
+                "Scale",
+                DEFAULT_SCALE,
+                0.0,
+                1.0,
+                0.01,
+                cb_hook=self._guarded(self._on_slider),
+                hint="3D size of what a click selects: 0 = smallest parts, 1 = whole objects / scene "
+                "(quantile of the training masks' 3D scales).",
+            )
         self.d_threshold = ViewerSlider(
             "Threshold",
             0.75,
@@ -234,7 +257,6 @@ class SegmentationControls(nn.Module):
         self._features_seen: Optional[bool] = None
         self._worker: Optional[threading.Thread] = None
 
-        model = self._model()
         if model is not None and hasattr(model, "viewer_hook"):
             model.viewer_hook = self.add_outputs
 
@@ -304,8 +326,31 @@ class SegmentationControls(nn.Module):
         return Segmenter(model, threshold=float(self.d_threshold.value))
 
     @property
+    def _level(self) -> Optional[int]:
+        """The chosen 0-based level (level selector), None with the continuous scale slider."""
+        if not self._num_levels:
+            return None
+        return [level_label(level, self._num_levels) for level in range(self._num_levels)].index(self.c_scale.value)
+
+    @property
     def _scale(self) -> float:
-        return float(self.c_scale.value)
+        """The segmenter's scale: the slider's value, or a scale inside the chosen level's range."""
+        level = self._level
+        if level is None:
+            return float(self.c_scale.value)
+        model = self._model()
+        scale = model.scale_for_level(level) if model is not None else None
+        if scale is None:
+            raise PromptError(
+                f"{self.c_scale.value} received too few of the training masks to be offered (the model gives it "
+                "no range of scales): choose another level"
+            )
+        return float(scale)
+
+    def _scale_text(self) -> str:
+        """How the current scale is shown in messages: 'scale 0.62' or 'level 2 of 3'."""
+        level = self._level
+        return f"scale {self._scale:.2f}" if level is None else f"level {level + 1} of {self._num_levels}"
 
     @property
     def _threshold(self) -> float:
@@ -460,7 +505,7 @@ class SegmentationControls(nn.Module):
         negatives = len(self.clicks) - positives
         self.say(
             f"Selected **{selection.count}** of {total} Gaussians "
-            f"({positives} add / {negatives} subtract click(s), scale {self._scale:.2f}, "
+            f"({positives} add / {negatives} subtract click(s), {self._scale_text()}, "
             f"threshold {self._threshold:.2f})."
         )
 
@@ -477,7 +522,8 @@ class SegmentationControls(nn.Module):
                 self.say(NO_FEATURES_HINT, warning=True)
             else:
                 self.say(
-                    f"Scale {self._scale:.2f}, threshold {self._threshold:.2f}: no click yet, nothing to re-segment. "
+                    f"{self._scale_text().capitalize()}, threshold {self._threshold:.2f}: no click yet, nothing to "
+                    "re-segment. "
                     "Click an object first (Click mode: Add).",
                     warning=True,
                 )
@@ -521,21 +567,24 @@ class SegmentationControls(nn.Module):
             self.say(NO_FEATURES_HINT, warning=True)
             return
         scale = Segmenter.check_scale(self._scale)
-        # under the train lock (element callback): only copy the features; cluster outside the lock
-        features = model.decomposition_features(scale).detach().clone()
+        where = self._scale_text()
         num_points = model.num_points
-        self.say(f"Decomposing the scene at scale {scale:.2f} ({num_points} Gaussians)...")
+        labels_at_scale = getattr(model, "labels_at_scale", None)
+        # discrete labels (binary codes) are the decomposition itself; features are clustered outside the lock
+        fixed_labels = labels_at_scale(scale).detach().cpu() if callable(labels_at_scale) else None
+        features = None if fixed_labels is not None else model.decomposition_features(scale).detach().clone()
+        self.say(f"Decomposing the scene at {where} ({num_points} Gaussians)...")
 
         def work() -> None:
             from segsplat_ns.decompose import decompose
 
             try:
-                labels = decompose(features).cpu()
+                labels = fixed_labels if fixed_labels is not None else decompose(features).cpu()
                 num = int(labels.max()) + 1 if labels.numel() else 0
                 colors = segment_palette(max(num, 1))[labels.clamp_min(0)]
                 self.decomposition = _Decomposition(scale, num_points, labels, colors, num)
                 self.say(
-                    f"Scene decomposed into **{num}** segments at scale {scale:.2f}: "
+                    f"Scene decomposed into **{num}** segments at {where}: "
                     "choose the output type **clusters** to see them."
                 )
             except Exception as error:  # noqa: BLE001

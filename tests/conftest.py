@@ -59,6 +59,19 @@ def trained(workdir, scene) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_binary(workdir, scene) -> Path:
+    """config.yml of a finished tiny `ns-train binary-gaussian` run (both stages, CPU)."""
+    args = train_args(scene, "binary", method="binary-gaussian") + [
+        "--pipeline.model.num-random-pixels", "128", "--pipeline.model.num-mask-pixels", "384",
+    ]
+    result = run(args, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = workdir / "runs" / "binary" / "binary-gaussian" / "t" / "config.yml"
+    assert config.exists()
+    return config
+
+
+@pytest.fixture(scope="session")
 def trained_pipeline(trained):
     """The tiny run loaded in this process, as ns-eval loads it."""
     from segsplat_ns.commands.segment import load_run

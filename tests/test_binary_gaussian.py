@@ -348,9 +348,12 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
     model.level_scale_hist[2, 0] = 3.0
     model.level_scale_count[2] = 3.0
     assert model.level_for_scale(0.01) == 1
+    assert model.scale_for_level(2) is None  # the viewer's level selector says so instead of selecting
     model.level_scale_hist[2, 0] = 30.0  # 30 of 150: level 3 takes the bottom bin
     model.level_scale_count[2] = 30.0
     assert model.level_for_scale(0.01) == 2 and model.level_for_scale(0.2) == 1
+    assert model.scale_for_level(2) == pytest.approx(0.025)  # its only bin, 0..0.05
+    assert [model.level_for_scale(model.scale_for_level(level)) for level in range(3)] == [0, 1, 2]
     model.level_scale_sum.copy_(torch.tensor([0.8, 0.3, 0.0]))
     model.level_scale_count.copy_(torch.tensor([1.0, 1.0, 0.0]))
     model.level_scale_hist.zero_()
@@ -370,15 +373,10 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
 # The real CLIs on the tiny scene (slow)
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ns_train_and_eval_binary_gaussian(workdir, scene):
-    from conftest import BIN, FEATURE_STEPS, RGB_STEPS, checkpoint_of, run, train_args
+def test_ns_train_and_eval_binary_gaussian(workdir, scene, trained_binary):
+    from conftest import BIN, FEATURE_STEPS, RGB_STEPS, checkpoint_of, run
 
-    args = train_args(scene, "binary", method="binary-gaussian") + [
-        "--pipeline.model.num-random-pixels", "128", "--pipeline.model.num-mask-pixels", "384",
-    ]
-    result = run(args, cwd=workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    config = workdir / "runs" / "binary" / "binary-gaussian" / "t" / "config.yml"
+    config = trained_binary
     state = torch.load(checkpoint_of(config), map_location="cpu", weights_only=False)
     assert state["step"] == RGB_STEPS + FEATURE_STEPS - 1
     pipeline = state["pipeline"]

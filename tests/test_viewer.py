@@ -28,6 +28,7 @@ from segsplat_ns.viewer import (
     MODE_SUBTRACT,
     TINT_WEIGHT,
     SegmentationControls,
+    level_label,
 )
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -77,14 +78,12 @@ def test_controls_are_reachable_in_order_and_add_no_state(tmp_path):
     assert not any(k.startswith("segmentation.") for k in pipeline.state_dict())
 
 
-@pytest.fixture
-def controls(trained_pipeline, trained, tmp_path):
-    """Fresh controls on the trained pipeline, installed in a real viser server (no browser connected)."""
+def installed_controls(pipeline, tmp_path):
+    """Fresh controls on a loaded pipeline, installed in a real viser server (no browser connected)."""
     import viser
     from nerfstudio.viewer.utils import parse_object
     from nerfstudio.viewer.viewer_elements import ViewerElement
 
-    pipeline = trained_pipeline
     pipeline.segmentation = SegmentationControls(pipeline)
     server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
     rerenders = []
@@ -99,6 +98,23 @@ def controls(trained_pipeline, trained, tmp_path):
     controls.run_dir = tmp_path / "run"
     controls.run_async = False
     controls.rerenders = rerenders
+    return controls, server
+
+
+@pytest.fixture
+def controls(trained_pipeline, trained, tmp_path):
+    controls, server = installed_controls(trained_pipeline, tmp_path)
+    yield controls
+    server.stop()
+    trained_pipeline.model.viewer_hook = None
+
+
+@pytest.fixture
+def binary_controls(trained_binary, tmp_path):
+    from segsplat_ns.commands.segment import load_run
+
+    _, pipeline, _, _ = load_run(trained_binary, test_mode="test")
+    controls, server = installed_controls(pipeline, tmp_path)
     yield controls
     server.stop()
     pipeline.model.viewer_hook = None
@@ -287,6 +303,53 @@ def test_outputs_for_display_modes_and_decomposition(controls, scene):
     controls.overlay_all_renders = False
     untouched = model.get_outputs_for_camera(camera)
     assert "selection" not in untouched and torch.equal(untouched["rgb"], plain["rgb"])
+
+
+@pytest.mark.slow
+def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
+    """Binary-Gaussian: a Level dropdown instead of the Scale slider; each level is a scale inside its range."""
+    controls = binary_controls
+    model = controls._model()
+    assert controls.c_scale.name == "Level"
+    assert controls.c_scale.options == ["level 1 (coarsest)", "level 2", "level 3 (finest)"]
+    camera = controls.camera_override
+    objects = objects_of(scene)
+    pixel = interior_point(objects == biggest_object(objects))
+    segmenter = Segmenter(model)
+    set_value(controls.b_click_mode, MODE_ADD)
+    controls.on_click(viewer_click(pixel, camera))
+    coarse = controls.selection.gaussian_mask.clone()
+    assert coarse.any() and "level 1 of 3" in controls.last_message
+    assert model.level_for_scale(model.scale_for_level(0)) == 0
+    assert torch.equal(coarse, segmenter.click(camera, [pixel], model.scale_for_level(0)).gaussian_mask)
+    # every Gaussian of the coarse selection shares the clicked level-1 prefix
+    assert len(torch.unique(model.gaussian_prefixes(0)[coarse])) == 1
+
+    set_value(controls.c_scale, level_label(1, 3))
+    fine = controls.selection.gaussian_mask.clone()
+    assert "level 2 of 3" in controls.last_message
+    assert torch.equal(fine, segmenter.click(camera, [pixel], model.scale_for_level(1)).gaussian_mask)
+    assert len(torch.unique(model.gaussian_prefixes(1)[fine])) == 1
+    controls.e_undo.cb_hook(controls.e_undo)  # undo goes back to before the click (level changes are not steps)
+    assert controls.selection is None
+
+    # decompose at level 2: the code prefixes themselves, no clustering
+    controls.h_decompose.cb_hook(controls.h_decompose)
+    assert torch.equal(controls.decomposition.labels, model.labels_at_scale(model.scale_for_level(1)).cpu())
+    assert "level 2 of 3" in controls.last_message
+
+    # a level that received too few masks has no range: a message, not a selection or a traceback
+    saved = model.level_scale_hist.clone(), model.level_scale_count.clone(), model.level_scale_sum.clone()
+    try:
+        model.level_scale_hist[2] = 0.0
+        model.level_scale_count[2] = 0.0
+        model.level_scale_sum[2] = 0.0
+        controls.on_click(viewer_click(pixel, camera))
+        set_value(controls.c_scale, level_label(2, 3))
+        assert "choose another level" in controls.last_message
+    finally:
+        for buffer, value in zip((model.level_scale_hist, model.level_scale_count, model.level_scale_sum), saved):
+            buffer.copy_(value)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -389,6 +389,7 @@ class PrefixTable:
         self.level = level
         prefixes = code_prefix(codes, prefix_bits(widths, level))
         self.prefixes, self.counts = torch.unique(prefixes, return_counts=True)
+        self._stored_bits: Optional[Tensor] = None
 
     def lookup(self, queries: Tensor) -> Tensor:
         """Each query prefix [K] -> the nearest stored prefix, level by level (ours): among the stored prefixes,
@@ -399,10 +400,18 @@ class PrefixTable:
         out = queries.clone()
         if self.prefixes.numel() == 0:
             return out
+        # the common case, a stored query, costs one binary search (the prefixes are sorted by torch.unique)
+        on_device = queries.to(self.prefixes.device)
+        index = torch.searchsorted(self.prefixes, on_device).clamp(max=self.prefixes.numel() - 1)
+        missing = (self.prefixes[index] != on_device).nonzero().reshape(-1).tolist()
+        if not missing:
+            return out
         total = prefix_bits(self.widths, self.level)
-        stored_bits = unpack_codes(self.prefixes << (CODE_BITS - total), total)
-        query_bits = unpack_codes(queries.to(self.prefixes.device) << (CODE_BITS - total), total)
-        for k in range(queries.numel()):
+        if self._stored_bits is None:
+            self._stored_bits = unpack_codes(self.prefixes << (CODE_BITS - total), total)
+        stored_bits = self._stored_bits
+        query_bits = unpack_codes(on_device << (CODE_BITS - total), total)
+        for k in missing:
             alive = torch.ones(self.prefixes.numel(), dtype=torch.bool, device=self.prefixes.device)
             for start, end in level_slices(self.widths)[: self.level + 1]:
                 distance = (stored_bits[:, start:end] != query_bits[k, start:end]).sum(-1)
@@ -415,6 +424,16 @@ class PrefixTable:
 
 def stored_prefixes(codes: Tensor, widths: Sequence[int], level: int) -> PrefixTable:
     return PrefixTable(codes, widths, level)
+
+
+def prefix_scores(prefixes: Tensor, queries: Tensor) -> Tensor:
+    """1.0 for every Gaussian whose level prefix [N] equals one of the queried prefixes [K], else 0.0: [N].
+
+    The whole per-Gaussian cost of a click (``segsplat bench-latency`` times it against SAGA's float path)."""
+    queries = queries.to(prefixes.device)
+    if queries.numel() == 1:
+        return (prefixes == queries.reshape(())).float()
+    return torch.isin(prefixes, queries).float()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -719,6 +738,17 @@ class BinaryGaussianModel(SegSplatModel):
         band = int(math.floor((1.0 - float(scale)) * self.num_levels))
         return min(max(band, 0), self.num_levels - 1)
 
+    def scale_for_level(self, level: int) -> Optional[float]:
+        """A scale that selects 0-based ``level`` (the middle of its range; the viewer's level selector), or None
+        when the level has no range (it received under ``MIN_LEVEL_SHARE`` of the training masks)."""
+        if not 0 <= level < self.num_levels:
+            raise ValueError(f"level {level + 1} does not exist: this model has levels 1..{self.num_levels}")
+        bins = [b for b in range(SCALE_BINS) if self.level_for_scale((b + 0.5) / SCALE_BINS) == level]
+        if not bins:
+            return None
+        middle = bins[len(bins) // 2]
+        return (middle + 0.5) / SCALE_BINS
+
     @torch.no_grad()
     def level_of_bins(self) -> Tensor:
         """The level of each of the SCALE_BINS scale bins: long [SCALE_BINS], non-increasing (coarser upwards).
@@ -771,11 +801,7 @@ class BinaryGaussianModel(SegSplatModel):
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:
         """1.0 for Gaussians whose level prefix equals a queried one, else 0.0: [N] (any threshold in (0, 1))."""
-        prefixes = self.gaussian_prefixes(self.level_for_scale(scale))
-        queries = queries.to(prefixes.device)
-        if queries.numel() == 1:
-            return (prefixes == queries.reshape(())).float()
-        return torch.isin(prefixes, queries).float()
+        return prefix_scores(self.gaussian_prefixes(self.level_for_scale(scale)), queries)
 
     @torch.no_grad()
     def labels_at_scale(self, scale: float) -> Tensor:
