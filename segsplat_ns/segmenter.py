@@ -27,7 +27,7 @@ class Selection:
     """Result of a prompt: which Gaussians were selected, and why nothing was when nothing was."""
 
     gaussian_mask: torch.Tensor  # [N] bool
-    scores: Optional[torch.Tensor] = None  # [N] affinity to the prompt
+    scores: Optional[torch.Tensor] = None  # [N] affinity to the prompt (bool for 0/1 scores, see select_scores)
     message: Optional[str] = None
 
     @property
@@ -98,16 +98,27 @@ class Segmenter:
             return Selection(empty, message=f"click ({x}, {y}) is on empty background: nothing there to select")
         positive = positive[on_object]
         scores = self.select_scores(self.model.prompt_query(feature_map, positive, scale), scale, threshold)
-        mask = scores > threshold
+        mask = self.passes(scores, threshold).clone()
         if negative.shape[0] > 0:
             negative_scores = self.select_scores(self.model.prompt_query(feature_map, negative, scale), scale, threshold)
-            mask &= ~(negative_scores > threshold)
-        message = None if bool(mask.any()) else f"no Gaussian passes threshold {threshold:.2f}: lower it"
+            mask &= ~self.passes(negative_scores, threshold)
+        if bool(mask.any()):
+            message = None
+        elif scores.dtype == torch.bool:
+            message = "no Gaussian holds the clicked code at this level: try another level"
+        else:
+            message = f"no Gaussian passes threshold {threshold:.2f}: lower it"
         return Selection(mask, scores, message)
+
+    @staticmethod
+    def passes(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+        """``scores > threshold``; boolean scores (a model whose scores are 0 or 1) are the selection itself."""
+        return scores if scores.dtype == torch.bool else scores > threshold
 
     @torch.no_grad()
     def select_scores(self, queries: torch.Tensor, scale: float, threshold: float) -> torch.Tensor:
-        """Every Gaussian's affinity to the queries, exact where it decides ``scores > threshold``: [N].
+        """Every Gaussian's affinity to the queries, exact where it decides ``scores > threshold``: float [N], or
+        bool [N] from a model whose scores are 0 or 1 (binary codes: the selection itself, no threshold).
 
         This is the part of a click whose cost grows with the number of Gaussians besides rendering
         (``segsplat bench-latency`` measures it).

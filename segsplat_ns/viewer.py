@@ -482,7 +482,8 @@ class SegmentationControls(nn.Module):
             selection = segmenter.click(camera, positives, scale, threshold, negative_pixels=negatives)
             mask |= selection.gaussian_mask
             if selection.scores is not None:
-                scores = selection.scores if scores is None else torch.maximum(scores, selection.scores)
+                prompt_scores = selection.scores.float()
+                scores = prompt_scores if scores is None else torch.maximum(scores, prompt_scores)
             if selection.message:
                 messages.append(selection.message)
         if len(groups) > 1:
@@ -668,7 +669,7 @@ class SegmentationControls(nn.Module):
         if selection is not None and selection.gaussian_mask.numel() == n and not selection.empty:
             mask = selection.gaussian_mask.to(model.device)
             if selection.scores is not None and selection.scores.numel() == n:
-                scores = selection.scores.to(model.device)
+                scores = selection.scores.to(model.device).float()
         decomposition = self.decomposition
         if decomposition is not None and decomposition.num_points != n:
             decomposition = None

@@ -21,7 +21,9 @@ from segsplat_ns.methods.binary_gaussian import (
     progressive_contrastive_loss,
     progressive_pair_losses,
     PrefixTable,
+    prefix_scores,
     render_weighted_votes,
+    signed_prefix,
     snap_codes,
     ste_binarize,
     to_int32,
@@ -204,6 +206,25 @@ def test_mask_balanced_sampling_counts():
     assert int(small.sum()) >= 20  # the small mask gets its share
 
 
+def test_int32_prefix_compare_selects_exactly_the_unsigned_prefix_group():
+    """The click's int32 compare (arithmetic shift of the stored int32) equals the unsigned prefix compare."""
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.randint(0, 2**32, (16,), generator=generator, dtype=torch.int64)
+    groups[:2] = torch.tensor([0, 2**32 - 1])  # all-zero and all-one codes
+    codes = groups[torch.randint(16, (500,), generator=generator)] ^ torch.randint(0, 4, (500,), generator=generator)
+    stored = to_int32(codes)
+    for bits in (1, 2, 12, 22, 30, 32):
+        prefixes = signed_prefix(stored, bits)
+        assert prefixes.dtype == torch.int32
+        unsigned = code_prefix(codes, bits)
+        for query in (unsigned[0], unsigned[1], unsigned[7], torch.tensor(2**bits - 1)):
+            expected = unsigned == query
+            selected = prefix_scores(prefixes, query.reshape(1), bits)
+            assert selected.dtype == torch.bool and torch.equal(selected, expected), (bits, int(query))
+        two = unsigned[[0, 3]]
+        assert torch.equal(prefix_scores(prefixes, two, bits), torch.isin(unsigned, two))
+
+
 def test_codes_pack_prefix_and_int32_round_trip():
     bits = torch.zeros(3, 32, dtype=torch.bool)
     bits[0, 0] = True  # MSB: the code is >= 2^31, negative as int32
@@ -361,12 +382,12 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
     fine = model.labels_at_scale(0.2)
     assert fine[1] == fine[2] != fine[0] and fine[3] == fine[4] == fine[5]
     query = code_prefix(torch.tensor([1 << 31]), 12)
-    assert model.gaussian_scores(query, 0.9).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert model.gaussian_scores(query, 0.9).tolist() == [True, True, True, False, False, False]
     # a fresh model loads the 4-byte codes (as ns-eval does)
     other = _small_model(6)
     other.load_state_dict(state)
     assert bool(other.codes_finalized) and torch.equal(other.binary_codes, state["binary_codes"])
-    assert other.gaussian_scores(query, 0.9).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert other.gaussian_scores(query, 0.9).tolist() == [True, True, True, False, False, False]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ is the same for every scoring method (``benchmarks/bench_rasterize.py`` measures
 - binary-gaussian, new level: the first click at a level (every Gaussian's level prefix from its int32 code, and the
   table of distinct stored prefixes for the nearest-prefix query);
 - binary-gaussian, same level: every later click (nearest stored prefix of the query, then
-  :func:`~segsplat_ns.methods.binary_gaussian.prefix_scores` and the threshold), on codes with 64 x 8 x 4
+  :func:`~segsplat_ns.methods.binary_gaussian.prefix_scores`: the boolean selection), on codes with 64 x 8 x 4
   groups (level 1 x 2 x 3), clicked at level 2 (22-bit prefixes).
 """
 
@@ -78,7 +78,14 @@ class BenchLatency:
         from tqdm import tqdm
 
         from segsplat_ns.io import atomic_open
-        from segsplat_ns.methods.binary_gaussian import PrefixTable, code_prefix, prefix_bits, prefix_scores
+        from segsplat_ns.methods.binary_gaussian import (
+            PrefixTable,
+            code_prefix,
+            prefix_bits,
+            prefix_scores,
+            signed_prefix,
+            to_int32,
+        )
         from segsplat_ns.methods.saga import AffinityScorer, direct_scores
         from segsplat_ns.methods.saga_loss import ScaleGate
 
@@ -126,19 +133,20 @@ class BenchLatency:
                 refined = int(((approximate - self.threshold).abs() <= AffinityScorer.BF16_COSINE_ERROR).sum())
             # Binary-Gaussian on the same number of Gaussians: grouped random codes, a click at level 2
             widths, level = (12, 10, 10), 1
+            bits = prefix_bits(widths, level)
             group_codes = torch.randint(0, 2**32, (64 * 8 * 4,), generator=generator, dtype=torch.int64)
-            codes = group_codes[torch.randint(group_codes.numel(), (n,), generator=generator)].to(device)
-            query = code_prefix(codes[:1], prefix_bits(widths, level))
+            codes = to_int32(group_codes[torch.randint(group_codes.numel(), (n,), generator=generator)]).to(device)
+            query = code_prefix(codes[:1], bits)
 
             def binary_new_level():
-                prefixes = code_prefix(codes, prefix_bits(widths, level))
+                prefixes = signed_prefix(codes, bits)
                 table = PrefixTable(codes, widths, level)
-                return prefix_scores(prefixes, table.lookup(query)) > self.threshold, prefixes, table
+                return prefix_scores(prefixes, table.lookup(query), bits), prefixes, table
 
             binary_first = timed(binary_new_level)
             _, prefixes, table = binary_new_level()
-            binary_same = timed(lambda: prefix_scores(prefixes, table.lookup(query)) > self.threshold)
-            binary_selected = int((prefix_scores(prefixes, query) > self.threshold).sum())
+            binary_same = timed(lambda: prefix_scores(prefixes, table.lookup(query), bits))
+            binary_selected = int(prefix_scores(prefixes, query, bits).sum())
             fp32_bytes = n * self.feature_dim * 4
             stored_bytes = n * self.feature_dim * (2 if n >= AffinityScorer.BF16_FROM else 4)
             self.rows.append(

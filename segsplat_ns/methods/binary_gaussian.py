@@ -426,14 +426,23 @@ def stored_prefixes(codes: Tensor, widths: Sequence[int], level: int) -> PrefixT
     return PrefixTable(codes, widths, level)
 
 
-def prefix_scores(prefixes: Tensor, queries: Tensor) -> Tensor:
-    """1.0 for every Gaussian whose level prefix [N] equals one of the queried prefixes [K], else 0.0: [N].
+def signed_prefix(codes: Tensor, num_prefix_bits: int) -> Tensor:
+    """The level label in int32 (half the bytes of :func:`code_prefix`'s int64): the arithmetic shift of the
+    int32 code. Equal for two codes exactly when their top ``num_prefix_bits`` bits are equal."""
+    return to_int32(codes) >> (CODE_BITS - num_prefix_bits)
 
-    The whole per-Gaussian cost of a click (``segsplat bench-latency`` times it against SAGA's float path)."""
-    queries = queries.to(prefixes.device)
-    if queries.numel() == 1:
-        return (prefixes == queries.reshape(())).float()
-    return torch.isin(prefixes, queries).float()
+
+def prefix_scores(prefixes: Tensor, queries: Tensor, num_prefix_bits: int) -> Tensor:
+    """True for every Gaussian whose level label (:func:`signed_prefix`, [N]) equals one of the queried unsigned
+    prefixes (:func:`code_prefix`, [K]): bool [N], the selection itself.
+
+    The whole per-Gaussian cost of a click (``segsplat bench-latency`` times it against SAGA's float path): one
+    int32 compare, no float scores written."""
+    queries = queries.to(prefixes.device, torch.int64)
+    signed = torch.where(queries >= (1 << (num_prefix_bits - 1)), queries - (1 << num_prefix_bits), queries)
+    if signed.numel() == 1:
+        return prefixes == int(signed.reshape(()))
+    return torch.isin(prefixes, signed.to(torch.int32))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -800,8 +809,11 @@ class BinaryGaussianModel(SegSplatModel):
 
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:
-        """1.0 for Gaussians whose level prefix equals a queried one, else 0.0: [N] (any threshold in (0, 1))."""
-        return prefix_scores(self.gaussian_prefixes(self.level_for_scale(scale)), queries)
+        """True for Gaussians whose level prefix equals a queried one: bool [N], the selection itself (the
+        segmenter applies no threshold to boolean scores)."""
+        bits = prefix_bits(self.widths, self.level_for_scale(scale))
+        prefixes = self._memo(("signed prefix", bits), lambda: signed_prefix(self.gaussian_codes(), bits))
+        return prefix_scores(prefixes, queries, bits)
 
     @torch.no_grad()
     def labels_at_scale(self, scale: float) -> Tensor:
