@@ -333,6 +333,22 @@ def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
     controls.e_undo.cb_hook(controls.e_undo)  # undo goes back to before the click (level changes are not steps)
     assert controls.selection is None
 
+    # panoptic output types: a colour per code prefix of each level, nested (level 2 refines level 1)
+    from segsplat_ns.methods.binary_gaussian import code_prefix, pack_codes, prefix_colors
+
+    model.eval()
+    outputs = model.get_outputs_for_camera(camera)
+    covered = outputs["feature_alpha"][..., 0] > 0.5
+    codes = pack_codes(outputs["features"] > 0.5)
+    x, y = pixel
+    for level, bits in ((1, 12), (2, 22), (3, 32)):
+        panoptic = outputs[f"panoptic_level{level}"]
+        assert panoptic.shape == (48, 48, 3)
+        assert torch.allclose(panoptic[y, x], prefix_colors(code_prefix(codes[y, x], bits), level - 1))
+        assert torch.equal(panoptic[~covered], torch.ones_like(panoptic[~covered]))  # background: white
+    distinct = [len(torch.unique(outputs[f"panoptic_level{level}"][covered], dim=0)) for level in (1, 2)]
+    assert 2 <= distinct[0] <= distinct[1]
+
     # decompose at level 2: the code prefixes themselves, no clustering
     controls.h_decompose.cb_hook(controls.h_decompose)
     assert torch.equal(controls.decomposition.labels, model.labels_at_scale(model.scale_for_level(1)).cpu())
