@@ -1,7 +1,8 @@
 """The one inference API shared by the viewer, the CLI and the evaluation: prompt in, mask out.
 
 Method-agnostic: it asks the model for a rendered feature map, turns click pixels into queries
-(``model.prompt_query``), scores every Gaussian (``model.gaussian_scores``) and thresholds. 2D masks are the
+(``model.prompt_query``), scores every Gaussian (``model.gaussian_scores``) and thresholds (boolean scores, from
+models whose scores are 0 or 1, are the selection itself). 2D masks are the
 selected Gaussians rendered through the scene's geometry, so they are the 3D selection seen from any camera.
 """
 
