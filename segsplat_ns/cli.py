@@ -26,7 +26,10 @@ class Segment:
     split: Literal["eval", "train"] = "eval"
     """Which cameras --camera indexes: the held-out eval views or the training views."""
     scale: float = 0.5
-    """Scale in [0, 1]: the quantile of 3D mask sizes (0 = finest parts, 1 = whole scene)."""
+    """Scale in [0, 1]: the quantile of 3D mask sizes (0 = finest parts, 1 = whole scene). binary-gaussian maps it
+    to one of its levels; --level chooses the level directly."""
+    level: Optional[int] = None
+    """binary-gaussian only: the code level, 1 (coarsest, whole objects) .. L (finest); replaces --scale."""
     threshold: float = 0.75
     """Similarity threshold: Gaussians with affinity above it are selected."""
     output: Optional[Path] = None

@@ -436,6 +436,28 @@ def test_ns_train_and_eval_binary_gaussian(workdir, scene, trained_binary):
     selected = int(result.stdout.split("Selected ")[1].split(" of ")[0])
     assert len(read_splat_ply(ply)["x"]) == selected > 0 and ply.with_suffix(".png").exists()
 
+    # --level chooses the code level directly; a level-2 group lies inside its level-1 group
+    counts = {}
+    for level in (1, 2):
+        out = workdir / f"binary-level{level}.ply"
+        result = run([str(BIN / "segsplat"), "segment", "--load-config", str(config), "--camera", "0", "--pixel",
+                      str(x), str(y), "--level", str(level), "--output", str(out)], cwd=workdir)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"level {level} of 3" in result.stdout
+        counts[level] = len(read_splat_ply(out)["x"])
+    assert 0 < counts[2] <= counts[1]
+    result = run([str(BIN / "segsplat"), "segment", "--load-config", str(config), "--pixel", str(x), str(y),
+                  "--level", "4"], cwd=workdir)
+    assert result.returncode != 0 and "levels 1..3" in result.stdout + result.stderr
+
+
+def test_level_option_is_refused_for_a_continuous_scale(trained, workdir):
+    from conftest import BIN, run
+
+    result = run([str(BIN / "segsplat"), "segment", "--load-config", str(trained), "--pixel", "1", "1",
+                  "--level", "1"], cwd=workdir)
+    assert result.returncode != 0 and "use --scale instead" in result.stdout + result.stderr
+
 
 def test_opacity_lr_is_two_percent_in_the_feature_stage():
     from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig

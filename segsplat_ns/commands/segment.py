@@ -58,21 +58,36 @@ def run_segment(args: "Segment") -> int:
     if not 0 <= args.camera < len(cameras):
         raise SegsplatError(f"--camera {args.camera} is out of range: the {args.split} split has {len(cameras)} cameras (0..{len(cameras) - 1})")
     camera = cameras[args.camera : args.camera + 1].to(model.device)
+    scale, where = args.scale, f"scale {args.scale:.2f}"
+    if args.level is not None:
+        scale_for_level = getattr(model, "scale_for_level", None)
+        num_levels = int(getattr(model, "num_levels", 0))
+        if scale_for_level is None or not num_levels:
+            raise SegsplatError(f"--level is for methods with discrete levels (binary-gaussian); this run's model "
+                                f"({type(model).__name__}) has a continuous scale: use --scale instead")
+        if not 1 <= args.level <= num_levels:
+            raise SegsplatError(f"--level {args.level} does not exist: this model has levels 1..{num_levels}")
+        scale = scale_for_level(args.level - 1)
+        if scale is None:
+            raise SegsplatError(f"level {args.level} received too few training masks to have learnt groups: "
+                                "choose another --level")
+        where = f"level {args.level} of {num_levels}"
     segmenter = Segmenter(model, threshold=args.threshold)
-    selection = segmenter.click(camera, [args.pixel], args.scale)
+    selection = segmenter.click(camera, [args.pixel], scale)
     if selection.empty:
         print(f"Nothing selected: {selection.message}. No files written.")
         return 1
 
     run_dir = Path(args.load_config).resolve().parent
     x, y = args.pixel
-    output = args.output or run_dir / "segments" / f"{args.split}{args.camera}_x{x}_y{y}_s{args.scale:.2f}.ply"
+    suffix = f"l{args.level}" if args.level is not None else f"s{args.scale:.2f}"
+    output = args.output or run_dir / "segments" / f"{args.split}{args.camera}_x{x}_y{y}_{suffix}.ply"
     count = write_splat_ply(output, model.gauss_params, mask=selection.gaussian_mask)
     png = output.with_suffix(".png")
     with torch.no_grad():
         selected = model.render_rgb_subset(camera, selection.gaussian_mask)
     save_png(png, to_uint8(selected))
-    print(f"Selected {count} of {model.num_points} Gaussians (scale {args.scale:.2f}, threshold {args.threshold:.2f}).")
+    print(f"Selected {count} of {model.num_points} Gaussians ({where}, threshold {args.threshold:.2f}).")
     print(f"PLY: {output}")
     print(f"PNG: {png}")
 
