@@ -106,8 +106,11 @@ def test_virtual_negative_acts_only_on_positive_only_groups():
     assert positive_only_pixels(groups, 1).tolist() == [False, False, False, True, True]
     features = (0.25 + 0.5 * binary).requires_grad_(True)  # binarises to `binary`
     loss = virtual_negative_loss(features, groups, WIDTHS)
-    # level 2 of B's pixels only: ||[1,0]|| = 1 and ||[1,1]|| = sqrt(2)
-    assert float(loss) == pytest.approx((1 + math.sqrt(2)) / 2, abs=1e-5)
+    # level 2 of B's pixels only: ||[1,0]|| = 1 and ||[1,1]|| = sqrt(2), averaged over all 5 covered pixels
+    assert float(loss) == pytest.approx((1 + math.sqrt(2)) / 5, abs=1e-5)
+    # averaged over B's 2 pixels instead
+    per_group = virtual_negative_loss(features, groups, WIDTHS, per="group")
+    assert float(per_group) == pytest.approx((1 + math.sqrt(2)) / 2, abs=1e-5)
     loss.backward()
     assert torch.equal(features.grad[:3], torch.zeros(3, 4))  # A (split at level 2) is untouched
     assert torch.equal(features.grad[3:, :2], torch.zeros(2, 2))  # level 1 of B is untouched

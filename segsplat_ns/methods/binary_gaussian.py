@@ -283,16 +283,25 @@ def positive_only_pixels(groups: Tensor, level: int, min_pixels: int = 2) -> Ten
     return out
 
 
-def virtual_negative_loss(features: Tensor, groups: Tensor, widths: Sequence[int]) -> Tensor:
-    """sum_l L_VN-l: mean of ||F̄_p^l||_2 (distance to nothing set, i.e. away from the all-one virtual negative)
-    over the pixels of positive-only groups at level l (Eq. 7); 0 at levels with no such group."""
+def virtual_negative_loss(features: Tensor, groups: Tensor, widths: Sequence[int], per: str = "pixel") -> Tensor:
+    """sum_l L_VN-l: ||F̄_p^l||_2 (distance to nothing set, i.e. away from the all-one virtual negative) for the
+    pixels of positive-only groups at level l (Eq. 7); 0 at levels with no such group.
+
+    ``per`` is what the sum is averaged over (ours; the paper does not say): "group", the pixels it applies to
+    (each step's positive-only pixels weigh 1 together, however few), or "pixel", every sampled pixel covered by a
+    mask (each pixel weighs as much as in the other terms of Eq. 9, so the term scales with how many pixels are
+    positive-only)."""
+    if per not in ("group", "pixel"):
+        raise ValueError(f"per={per!r}: choose 'group' or 'pixel'")
     binary = ste_binarize(features)
     total = features.new_zeros(())
+    covered = max(1, int((groups[0] >= 0).sum()))
     for level, (start, end) in enumerate(level_slices(widths)):
         chosen = positive_only_pixels(groups, level)
         if bool(chosen.any()):
             part = binary[chosen, start:end]
-            total = total + torch.sqrt((part * part).sum(-1) + _SURROGATE_EPS).mean()
+            norms = torch.sqrt((part * part).sum(-1) + _SURROGATE_EPS)
+            total = total + (norms.mean() if per == "group" else norms.sum() / covered)
     return total
 
 
@@ -493,6 +502,10 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     snap_query: bool = True
     """At a click, replace the clicked pixel's rendered prefix by the nearest prefix some Gaussian stores
     (:class:`PrefixTable`, ours), level by level; off: the rendered prefix as is (Sec. 3.6)."""
+    virtual_negative_per: str = "pixel"
+    """What Eq. 7's term is averaged over (ours): "pixel" (every sampled pixel covered by a mask, so each pixel
+    weighs as in the other terms of Eq. 9) or "group" (only the positive-only pixels; see
+    :func:`virtual_negative_loss` and docs/binary-gaussian.md)."""
     pair_normalisation: str = "anchor"
     """Scaling of each level's Eq. 6 sum (ours): "pairs" (mean over constrained pairs) or "anchor" (per pixel,
     mean over its positives + mean over its negatives; see :func:`progressive_contrastive_loss`)."""
@@ -722,7 +735,8 @@ class BinaryGaussianModel(SegSplatModel):
         sampled = flat[pixel_ids]
         return {
             "binarization_loss": self.reg_weight() * binarization_loss(sampled),
-            "virtual_negative_loss": self.config.lambda_guiding * virtual_negative_loss(sampled, groups, self.widths),
+            "virtual_negative_loss": self.config.lambda_guiding
+            * virtual_negative_loss(sampled, groups, self.widths, self.config.virtual_negative_per),
             "progressive_contrastive_loss": self.config.lambda_con
             * progressive_contrastive_loss(sampled, groups, self.widths, self.config.pair_normalisation),
         }
