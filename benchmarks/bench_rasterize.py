@@ -1,4 +1,7 @@
-"""Time segsplat_ns.rendering.rasterize on CPU: forward, and forward + backward.
+"""Time the CPU rasterizer, forward and forward + backward.
+
+That is ``segsplat_ns.rendering.torch_rasterizer.rasterize_torch_reference``, the exact, non-tiled
+pure-PyTorch reference that ``segsplat_ns.rendering.rasterize`` runs for CPU tensors.
 
 Scenes: N Gaussians in a unit ball seen by a camera on a ring (radius 3, looking at the origin),
 scales chosen so that projected Gaussians are a few pixels in radius, as in splatfacto training at
@@ -17,7 +20,7 @@ import time
 
 import torch
 
-from segsplat_ns.rendering import rasterize
+from segsplat_ns.rendering.torch_rasterizer import rasterize_torch_reference
 
 
 def ring_camera(angle: float, radius: float = 3.0, height: float = 0.5) -> torch.Tensor:
@@ -85,10 +88,10 @@ def main() -> None:
 
                 def fwd():
                     with torch.no_grad():
-                        return rasterize(*params, vm, K, size, size, absgrad=args.absgrad)
+                        return rasterize_torch_reference(*params, vm, K, size, size, absgrad=args.absgrad)
 
                 def fwd_bwd():
-                    out, alpha, info = rasterize(*params, vm, K, size, size, absgrad=args.absgrad)
+                    out, alpha, info = rasterize_torch_reference(*params, vm, K, size, size, absgrad=args.absgrad)
                     info["means2d"].retain_grad()
                     (out.sum() + alpha.sum()).backward()
                     for p in params:

@@ -27,7 +27,7 @@ import torch
 
 
 def train_default_scene(workdir: Path, rgb_steps: int, feature_steps: int) -> Path:
-    from segsplat_ns.commands.demo import small_scene_training_args
+    from segsplat_ns.runs import small_scene_training_args
     from segsplat_ns.synthetic import SceneConfig, make_scene
 
     config = workdir / "runs" / "bench" / "saga" / "t" / "config.yml"
@@ -69,8 +69,8 @@ def main() -> None:
     from nerfstudio.viewer.viewer_elements import ViewerClick
     from PIL import Image
 
-    from segsplat_ns.commands.segment import load_run
     from segsplat_ns.eval.protocol import interior_point
+    from segsplat_ns.runs import load_run
     from segsplat_ns.viewer import MODE_ADD, SegmentationControls
 
     config = args.load_config
@@ -116,7 +116,7 @@ def main() -> None:
         controls.selection, saved = None, controls.selection
         t_plain = timed(render, args.repeats)
         controls.selection = saved
-        t_slider = timed(lambda: controls._on_slider(), args.repeats)
+        t_slider = timed(controls._on_slider, args.repeats)
         rows.append((f"{camera.width.item()}x{camera.height.item()}", model.num_points, selected, t_click, t_plain,
                      t_render, t_click + t_render, t_slider + t_render))
 

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONUNBUFFERED=1
-exec .venv/bin/segsplat demo "$@"
+exec .venv/bin/segsplat demo --method saga "$@"

@@ -1,4 +1,7 @@
-"""User-facing errors: one clear line that says what to do, never a traceback."""
+"""User-facing errors: one clear line that says what to do, never a traceback.
+
+Imports nothing of the project: every module's user-error class subclasses :class:`SegsplatError`.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,16 @@ class SegsplatError(Exception):
     """An error caused by the user's input or environment; its message says how to fix it."""
 
 
-def user_error_types() -> tuple:
-    from segsplat_ns.eval.ground_truth import GroundTruthError
-    from segsplat_ns.masks.sources import MaskSourceError
-    from segsplat_ns.segmenter import PromptError
+class PromptError(SegsplatError, ValueError):
+    """A prompt that cannot be answered (bad scale or level, pixel outside the image, model without features)."""
 
-    return (SegsplatError, MaskSourceError, PromptError, GroundTruthError, FileNotFoundError, FileExistsError)
+
+class NotSupported(PromptError):
+    """The method does not answer this kind of prompt (its contract says so)."""
+
+
+def user_error_types() -> tuple:
+    return (SegsplatError, FileNotFoundError, FileExistsError)
 
 
 def run_with_clear_errors(command: Callable[[], int]) -> int:

@@ -177,7 +177,7 @@ def gaussian_splat_ply_fields(
 
 def _ply_type(name: str, arr: np.ndarray) -> tuple:
     """(ply type name, numpy little-endian dtype, converted array) for an extra field."""
-    if arr.dtype == np.bool_ or arr.dtype == np.uint8:
+    if arr.dtype in (np.bool_, np.uint8):
         return "uchar", "u1", arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):

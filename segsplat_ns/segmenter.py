@@ -1,26 +1,30 @@
 """The one inference API shared by the viewer, the CLI and the evaluation: prompt in, mask out.
 
-Method-agnostic: it asks the model for a rendered feature map, turns click pixels into queries
-(``model.prompt_query``), scores every Gaussian (``model.gaussian_scores``) and thresholds (boolean scores, from
-models whose scores are 0 or 1, are the selection itself). 2D masks are the
-selected Gaussians rendered through the scene's geometry, so they are the 3D selection seen from any camera.
+Method-agnostic: it reads the model only through :class:`~segsplat_ns.contract.MethodContract`. It renders the
+clicked view's feature map, turns click pixels into queries (``prompt_query``), scores every Gaussian
+(``gaussian_scores``) and thresholds ("affinity" scores) or takes the scores as the selection ("selection"
+scores). 2D masks are the selected Gaussians rendered through the scene's geometry, so they are the 3D selection
+seen from any camera.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from nerfstudio.cameras.cameras import Cameras
 
-from segsplat_ns.base_model import SegSplatModel
+from segsplat_ns.contract import Granularity, describe_scale
+from segsplat_ns.errors import PromptError
+
+if TYPE_CHECKING:
+    from nerfstudio.cameras.cameras import Cameras
+
+    from segsplat_ns.base_model import SegSplatModel
 
 Pixel = Tuple[int, int]
 
-
-class PromptError(ValueError):
-    """A prompt that cannot be answered (bad scale, pixel outside the image, model without features)."""
+__all__ = ["Click", "PromptError", "Segmenter", "Selection"]
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Selection:
     """Result of a prompt: which Gaussians were selected, and why nothing was when nothing was."""
 
     gaussian_mask: torch.Tensor  # [N] bool
-    scores: Optional[torch.Tensor] = None  # [N] affinity to the prompt (bool for 0/1 scores, see select_scores)
+    scores: Optional[torch.Tensor] = None  # [N] the prompt's scores (float affinity, or bool for "selection")
     message: Optional[str] = None
 
     @property
@@ -40,10 +44,31 @@ class Selection:
         return self.count == 0
 
 
-class Segmenter:
-    """Click / scale / threshold prompts on a trained segsplat model."""
+@dataclass
+class Click:
+    """One click of an interactive session: a pixel of a camera's image, adding to or subtracting from the
+    selection."""
 
-    def __init__(self, model: SegSplatModel, threshold: float = 0.75, background_alpha: float = 0.5):
+    camera: "Cameras"  # [1]
+    pixel: Pixel  # (x, y)
+    positive: bool = True
+
+
+def _camera_key(camera: "Cameras") -> Tuple[float, ...]:
+    values = torch.cat(
+        [
+            camera.camera_to_worlds.reshape(-1).float().cpu(),
+            torch.stack([camera.fx, camera.fy, camera.cx, camera.cy]).reshape(-1).float().cpu(),
+            torch.stack([camera.width, camera.height]).reshape(-1).float().cpu(),
+        ]
+    )
+    return tuple(round(float(v), 5) for v in values)
+
+
+class Segmenter:
+    """Click / scale (or level) / threshold prompts, and decomposition, on a trained segsplat model."""
+
+    def __init__(self, model: "SegSplatModel", threshold: float = 0.75, background_alpha: float = 0.5):
         if not model.has_features:
             raise PromptError(
                 "this model has no trained segmentation features yet: train past --pipeline.model.rgb-steps "
@@ -57,30 +82,64 @@ class Segmenter:
     def num_gaussians(self) -> int:
         return self.model.num_points
 
+    @property
+    def granularity(self) -> Granularity:
+        return self.model.granularity
+
+    # ---- prompt sizes ------------------------------------------------------------------------------------
     @staticmethod
     def check_scale(scale: float) -> float:
         if not 0.0 <= float(scale) <= 1.0:
-            raise PromptError(f"scale {scale} is outside [0, 1]: it is the quantile of 3D mask sizes (0 = finest parts, 1 = whole scene)")
+            raise PromptError(
+                f"scale {scale} is outside [0, 1]: it is the quantile of 3D mask sizes (0 = finest parts, 1 = whole scene)"
+            )
         return float(scale)
 
+    def scale_for_level(self, level: int) -> float:
+        """The scale a 0-based level is answered at; clear errors for a continuous-scale model, a level that does
+        not exist, or one that received too few training masks to have a range."""
+        granularity = self.granularity
+        if not granularity.discrete:
+            raise PromptError(
+                f"levels are for methods with discrete levels; this run's model ({type(self.model).__name__}) "
+                "has a continuous scale: give a scale in [0, 1] instead"
+            )
+        if not 0 <= level < granularity.num_levels:
+            raise PromptError(f"level {level + 1} does not exist: this model has levels 1..{granularity.num_levels}")
+        scale = self.model.scale_for_level(level)
+        if scale is None:
+            raise PromptError(
+                f"level {level + 1} received too few of the training masks to have learnt groups (the model gives "
+                "it no range of scales): choose another level"
+            )
+        return float(scale)
+
+    def describe(self, scale: float, level: Optional[int] = None) -> str:
+        """'scale 0.62' or 'level 2 of 3', for messages."""
+        return describe_scale(self.granularity, scale, level)
+
     @staticmethod
-    def check_pixels(camera: Cameras, pixels: Sequence[Pixel]) -> torch.Tensor:
+    def check_pixels(camera: "Cameras", pixels: Sequence[Pixel]) -> torch.Tensor:
         width, height = int(camera.width.item()), int(camera.height.item())
         for x, y in pixels:
             if not (0 <= x < width and 0 <= y < height):
                 raise PromptError(f"click ({x}, {y}) is outside the {width}x{height} image")
         return torch.tensor([[int(x), int(y)] for x, y in pixels], dtype=torch.long).reshape(-1, 2)
 
+    # ---- clicks ------------------------------------------------------------------------------------------
+    def nothing_selected(self, threshold: float) -> str:
+        return self.model.wording.nothing_selected.format(threshold=threshold)
+
     @torch.no_grad()
     def click(
         self,
-        camera: Cameras,
+        camera: "Cameras",
         pixels: Sequence[Pixel],
         scale: float,
         threshold: Optional[float] = None,
         negative_pixels: Sequence[Pixel] = (),
     ) -> Selection:
-        """Select the Gaussians whose scale-gated affinity to the clicked pixels exceeds the threshold.
+        """Select the Gaussians whose score for the clicked pixels passes the threshold.
 
         Negative clicks remove what they would select. A click on empty background selects nothing and says so.
         """
@@ -103,51 +162,97 @@ class Segmenter:
         if negative.shape[0] > 0:
             negative_scores = self.select_scores(self.model.prompt_query(feature_map, negative, scale), scale, threshold)
             mask &= ~self.passes(negative_scores, threshold)
-        if bool(mask.any()):
-            message = None
-        elif scores.dtype == torch.bool:
-            message = "no Gaussian holds the clicked code at this level: try another level"
-        else:
-            message = f"no Gaussian passes threshold {threshold:.2f}: lower it"
+        message = None if bool(mask.any()) else self.nothing_selected(threshold)
         return Selection(mask, scores, message)
 
-    @staticmethod
-    def passes(scores: torch.Tensor, threshold: float) -> torch.Tensor:
-        """``scores > threshold``; boolean scores (a model whose scores are 0 or 1) are the selection itself."""
-        return scores if scores.dtype == torch.bool else scores > threshold
+    @torch.no_grad()
+    def select(self, clicks: Sequence[Click], scale: float, threshold: Optional[float] = None) -> Selection:
+        """The selection of a session's clicks, which may be on several cameras.
+
+        Positive clicks are grouped by camera and each group is one :meth:`click` with that camera's negative
+        clicks, so with one camera (the usual case) this *is* :meth:`click`. With several cameras the groups are
+        united (max over prompts) and every camera's negative clicks are subtracted from the union.
+        """
+        threshold = self.threshold if threshold is None else float(threshold)
+        groups: Dict[Tuple[float, ...], Tuple["Cameras", List[Pixel], List[Pixel]]] = {}
+        for click in clicks:
+            key = _camera_key(click.camera)
+            if key not in groups:
+                groups[key] = (click.camera, [], [])
+            groups[key][1 if click.positive else 2].append(click.pixel)
+        mask = torch.zeros(self.num_gaussians, dtype=torch.bool, device=self.model.device)
+        if not any(click.positive for click in clicks):
+            return Selection(mask, None, "no click yet: click on an object to select it")
+        scores: Optional[torch.Tensor] = None
+        messages = []
+        for camera, positives, negatives in groups.values():
+            if not positives:
+                continue
+            selection = self.click(camera, positives, scale, threshold, negative_pixels=negatives)
+            mask |= selection.gaussian_mask
+            if selection.scores is not None:
+                prompt_scores = selection.scores.float()
+                scores = prompt_scores if scores is None else torch.maximum(scores, prompt_scores)
+            if selection.message:
+                messages.append(selection.message)
+        if len(groups) > 1:
+            for camera, _, negatives in groups.values():
+                if negatives:
+                    mask &= ~self.click(camera, negatives, scale, threshold).gaussian_mask
+        message = None if bool(mask.any()) else (messages[0] if messages else self.nothing_selected(threshold))
+        return Selection(mask, scores, message)
+
+    def passes(self, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+        """``scores > threshold`` for affinity scores; "selection" scores are the selection itself."""
+        if self.model.score_kind == "selection":
+            return scores.bool()
+        return scores > threshold
 
     @torch.no_grad()
     def select_scores(self, queries: torch.Tensor, scale: float, threshold: float) -> torch.Tensor:
-        """Every Gaussian's affinity to the queries, exact where it decides ``scores > threshold``: float [N], or
-        bool [N] from a model whose scores are 0 or 1 (binary codes: the selection itself, no threshold).
+        """Every Gaussian's score for the queries, exact where it decides ``scores > threshold``.
 
         This is the part of a click whose cost grows with the number of Gaussians besides rendering
         (``segsplat bench-latency`` measures it).
         """
         return self.model.gaussian_scores(queries, scale, exact_near=threshold)
 
+    # ---- rendering a selection ---------------------------------------------------------------------------
     @torch.no_grad()
-    def render_weight(self, camera: Cameras, gaussian_mask: torch.Tensor) -> torch.Tensor:
+    def render_weight(self, camera: "Cameras", gaussian_mask: torch.Tensor) -> torch.Tensor:
         """How much of each pixel's colour comes from the selected Gaussians: [H, W] in [0, 1]."""
         camera = camera.to(self.model.device)
         colors = gaussian_mask.float().reshape(-1, 1).to(self.model.device)
         weight, _ = self.model.render_features(colors, camera)
         return weight[..., 0]
 
-    def render_mask(self, camera: Cameras, gaussian_mask: torch.Tensor) -> torch.Tensor:
+    def render_mask(self, camera: "Cameras", gaussian_mask: torch.Tensor) -> torch.Tensor:
         """The selection seen from a camera: pixels whose colour is mostly selected Gaussians, [H, W] bool."""
         return self.render_weight(camera, gaussian_mask) > 0.5
 
+    # ---- decomposition -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def decompose(self, scale: float, **kwargs) -> torch.Tensor:
-        """Every Gaussian labelled by its HDBSCAN cluster of gated features at this scale: [N] long.
+    def decomposition(self, scale: float, **kwargs) -> Callable[[], torch.Tensor]:
+        """Start a decomposition at a scale: reads the model now (call under the viewer's lock) and returns the
+        heavy part, which labels every Gaussian ([N] long) when called (e.g. in a worker thread).
 
-        A model with discrete labels (``labels_at_scale``, e.g. binary codes) gives them directly.
+        A method with discrete labels (``labels_at_scale``) gives them directly; otherwise its
+        ``decomposition_features`` are clustered by HDBSCAN (:func:`segsplat_ns.decompose.decompose`).
         """
         scale = self.check_scale(scale)
-        labels_at_scale = getattr(self.model, "labels_at_scale", None)
-        if callable(labels_at_scale):
-            return labels_at_scale(scale)
-        from segsplat_ns.decompose import decompose
+        labels = self.model.labels_at_scale(scale)
+        if labels is not None:
+            fixed = labels.detach().cpu()
+            return lambda: fixed
+        features = self.model.decomposition_features(scale).detach().clone()
 
-        return decompose(self.model.decomposition_features(scale), **kwargs)
+        def cluster() -> torch.Tensor:
+            from segsplat_ns.decompose import decompose
+
+            return decompose(features, **kwargs).cpu()
+
+        return cluster
+
+    def decompose(self, scale: float, **kwargs) -> torch.Tensor:
+        """Every Gaussian labelled by its segment at this scale: [N] long (see :meth:`decomposition`)."""
+        return self.decomposition(scale, **kwargs)()

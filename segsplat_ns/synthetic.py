@@ -94,8 +94,7 @@ class SceneConfig:
     points_per_part: int = 400
     """Seed points sampled on each part's surface (sparse_pc.ply)."""
     mask_flaw_rate: float = 0.15
-    """SAM-like flaw rate r in [0, 1): part masks missing with prob r, merged with a neighbour with prob 2r/3,
-    boundaries jittered by 1-2 px with prob min(1, 3r). 0 gives exact masks."""
+    """SAM-like flaw rate r in [0, 1): parts missing (r), merged (2r/3), jittered (min(1, 3r)); 0: exact masks."""
     background: Tuple[int, int, int] = (255, 255, 255)
     """Background RGB colour (white matches splatfacto's --pipeline.model.background-color white)."""
     overwrite: bool = False

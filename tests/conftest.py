@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny synthetic scene and one real `ns-train saga` run on it, made once per session."""
+"""Shared fixtures: one tiny synthetic scene, and one real `ns-train <method>` run on it per registered method,
+each made once per session (on first use)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,35 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Dict
 
 import pytest
 
-from segsplat_ns.commands.demo import small_scene_training_args
+from segsplat_ns.registry import get_method, method_names
+from segsplat_ns.runs import small_scene_training_args
 from segsplat_ns.synthetic import SceneConfig, make_scene
 
 BIN = Path(sys.executable).parent
 RGB_STEPS, FEATURE_STEPS = 300, 150
+METHODS = method_names()
+"""Every registered segsplat method (the nerfstudio.method_configs entry points)."""
 
 
 def run(args, cwd, env_extra=None, timeout=900):
     env = dict(os.environ, PYTHONUNBUFFERED="1", SEGSPLAT_NO_DOWNLOAD="1")
     env.update(env_extra or {})
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_args(scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS, method: str = "saga"):
-    sampling = ["--pipeline.model.num-sampled-pixels", "256"] if method == "saga" else []
+def train_args(scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS,
+               method: str = METHODS[0]):
+    """ns-train flags of a tiny CPU run: the shared small-scene schedule plus the method's own tiny-run flags."""
     return [
         str(BIN / "ns-train"), method, "--data", str(scene), "--output-dir", "runs", "--experiment-name", name,
         "--timestamp", "t", "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
         *small_scene_training_args(rgb_steps, feature_steps),
-        *sampling,
-    ]
+        *get_method(method).cpu_training_args(tiny=True),
+    ]  # fmt: skip
 
 
 def checkpoint_of(config: Path) -> Path:
@@ -49,32 +55,40 @@ def scene(workdir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(workdir, scene) -> Path:
-    """config.yml of a finished tiny `ns-train saga` run (both stages, CPU)."""
-    result = run(train_args(scene, "tiny"), cwd=workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    config = workdir / "runs" / "tiny" / "saga" / "t" / "config.yml"
-    assert config.exists()
-    return config
+def train_run(workdir, scene) -> Callable[[str], Path]:
+    """``train_run(method)``: config.yml of a finished tiny `ns-train <method>` run (both stages, CPU), trained
+    once per session."""
+    runs: Dict[str, Path] = {}
+
+    def train(method: str) -> Path:
+        if method not in runs:
+            name = f"tiny-{method}"
+            result = run(train_args(scene, name, method=method), cwd=workdir)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            config = workdir / "runs" / name / method / "t" / "config.yml"
+            assert config.exists()
+            runs[method] = config
+        return runs[method]
+
+    return train
 
 
 @pytest.fixture(scope="session")
-def trained_binary(workdir, scene) -> Path:
-    """config.yml of a finished tiny `ns-train binary-gaussian` run (both stages, CPU)."""
-    args = train_args(scene, "binary", method="binary-gaussian") + [
-        "--pipeline.model.num-random-pixels", "128", "--pipeline.model.num-mask-pixels", "384",
-    ]
-    result = run(args, cwd=workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    config = workdir / "runs" / "binary" / "binary-gaussian" / "t" / "config.yml"
-    assert config.exists()
-    return config
+def trained(train_run) -> Path:
+    """The tiny SAGA run (the SAGA-specific end-to-end tests)."""
+    return train_run("saga")
+
+
+@pytest.fixture(scope="session")
+def trained_binary(train_run) -> Path:
+    """The tiny Binary-Gaussian run (its method tests)."""
+    return train_run("binary-gaussian")
 
 
 @pytest.fixture(scope="session")
 def trained_pipeline(trained):
-    """The tiny run loaded in this process, as ns-eval loads it."""
-    from segsplat_ns.commands.segment import load_run
+    """The tiny SAGA run loaded in this process, as ns-eval loads it."""
+    from segsplat_ns.runs import load_run
 
     _, pipeline, _, _ = load_run(trained, test_mode="test")
     return pipeline

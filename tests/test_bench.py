@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import BIN, run
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,8 @@ def test_bench_passes_everything_after_extra_args_to_ns_train(tmp_path):
     result = run([str(BIN / "segsplat"), "bench", "--workdir", str(tmp_path), "--methods", "no-such-method",
                   "--extra-args", "--pipeline.model.lambda-guiding", "0"], cwd=tmp_path)
     assert "Unrecognized options" not in result.stdout + result.stderr
-    assert result.returncode != 0 and "unknown method(s) ['no-such-method']" in result.stdout + result.stderr
+    assert result.returncode != 0 and "unknown method 'no-such-method'" in result.stdout + result.stderr
+    assert "saga" in result.stderr and "binary-gaussian" in result.stderr  # the registered methods are named
 
 
 def test_bench_latency_table_and_json(tmp_path):
@@ -71,13 +71,27 @@ def test_bench_latency_table_and_json(tmp_path):
     record = json.loads(out.read_text())
     assert [row["gaussians"] for row in record["rows"]] == [2000, 20000]
     for row in record["rows"]:
-        assert row["mask_differences"] == 0 and row["selected"] > 0  # same selection as the direct fp32 way
-        assert row["bound_fp32_read_ms"] == pytest.approx(row["bound_stored_read_ms"])  # small scenes stay fp32
-        # binary-gaussian's click at level 2: one of the 64 x 8 = 512 level-2 groups, about N / 512 Gaussians
-        assert 0 < row["binary_selected"] < row["gaussians"] / 100
-        assert row["direct_fp32_over_binary"] == pytest.approx(row["direct_fp32_ms"] / row["binary_same_level_ms"])
+        methods = row["methods"]
+        assert {"saga", "binary-gaussian"} <= set(methods)  # every registered method with a probe
+        saga = methods["saga"]
+        assert saga["reference"] == "direct fp32" and set(saga["ms"]) == {"direct fp32", "new scale", "same scale"}
+        assert saga["facts"]["mask differences vs direct"] == 0 and saga["selected"] > 0  # same selection as direct
+        assert saga["bound_ms"]["fp32"] == pytest.approx(saga["bound_ms"]["stored"])  # small scenes stay fp32
+        assert saga["speedup_vs_reference"]["same scale"] == pytest.approx(
+            saga["ms"]["direct fp32"] / saga["ms"]["same scale"])
+        assert saga["times_bound"]["same scale"]["fp32"] == pytest.approx(
+            saga["ms"]["same scale"] / saga["bound_ms"]["fp32"])
+        binary = methods["binary-gaussian"]
+        assert binary["reference"] is None and set(binary["ms"]) == {"new level", "same level"}
+        # binary-gaussian's click at level 2 selects one small group of the random codes
+        assert 0 < binary["selected"] < row["gaussians"] / 100
+        # across methods: each method's fastest case (and SAGA's reference) against the other's fastest
+        cross = {(entry["method"], entry["case"], entry["against"]): entry["ratio"] for entry in row["cross"]}
+        fastest = binary["ms"][binary["fastest"]]
+        assert cross[("saga", "direct fp32", "binary-gaussian")] == pytest.approx(saga["ms"]["direct fp32"] / fastest)
+        assert cross[("saga", saga["fastest"], "binary-gaussian")] == pytest.approx(saga["ms"][saga["fastest"]] / fastest)
     assert record["read_bandwidth_gb_s"] > 0.1
-    assert "| 20,000 |" in result.stdout and "binary, same level" in result.stdout
+    assert "| 20,000 |" in result.stdout and "same level" in result.stdout and "Across methods" in result.stdout
 
 
 def test_eval_benchmark_spin_nerf_layout_on_a_trained_run(trained, scene, tmp_path):

@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
-from segsplat_ns.methods.binary_gaussian import (
-    binarization_loss,
+from segsplat_ns.masks.sampling import mask_balanced_pixels
+from segsplat_ns.methods.binary_gaussian.codes import (
+    PrefixTable,
     code_prefix,
-    mask_balanced_pixels,
-    mask_levels,
     pack_codes,
-    pixel_level_groups,
+    prefix_scores,
+    signed_prefix,
+    to_int32,
+    unpack_codes,
+)
+from segsplat_ns.methods.binary_gaussian.levels import mask_levels, pixel_level_groups
+from segsplat_ns.methods.binary_gaussian.loss import (
+    binarization_loss,
     positive_only_pixels,
     progressive_contrastive_loss,
     progressive_pair_losses,
-    PrefixTable,
-    prefix_scores,
-    render_weighted_votes,
-    signed_prefix,
-    snap_codes,
     ste_binarize,
-    to_int32,
-    unpack_codes,
     virtual_negative_loss,
-    voted_bits,
 )
+from segsplat_ns.methods.binary_gaussian.vote import render_weighted_votes, snap_codes, voted_bits
 
 WIDTHS = (2, 2)  # two levels of two bits: small enough to write Eq. 6 by hand
 
@@ -459,7 +458,7 @@ def test_level_option_is_refused_for_a_continuous_scale(trained, workdir):
 
     result = run([str(BIN / "segsplat"), "segment", "--load-config", str(trained), "--pixel", "1", "1",
                   "--level", "1"], cwd=workdir)
-    assert result.returncode != 0 and "use --scale instead" in result.stdout + result.stderr
+    assert result.returncode != 0 and "continuous scale" in result.stdout + result.stderr
 
 
 def test_opacity_lr_is_two_percent_in_the_feature_stage():
@@ -475,3 +474,25 @@ def test_opacity_lr_is_two_percent_in_the_feature_stage():
     model.step = 10  # feature stage: 2% of the initial lr (paper: 0.001)
     model._set_opacity_lr(optimizers, 10)
     assert optimizers.optimizers["opacities"].param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_opacity_receives_gradients_from_the_feature_render_only_when_fine_tuned():
+    """Sec. 3.5: the feature stage's render is differentiable in the opacities (and in nothing else of the geometry)."""
+    from nerfstudio.cameras.cameras import Cameras
+
+    from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
+
+    camera = Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]]),
+                     fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+    for finetune in (True, False):
+        torch.manual_seed(0)
+        config = BinaryGaussianModelConfig(rgb_steps=0, random_init=True, num_random=50, random_scale=1.0,
+                                           opacity_finetune=finetune)
+        model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+        model.train()
+        features, _ = model.render_features(model.feature_colors(), camera)
+        features.sum().backward()
+        params = model.gauss_params
+        assert model.latent.grad is not None and model.latent.grad.abs().sum() > 0
+        assert (params["opacities"].grad is not None and params["opacities"].grad.abs().sum() > 0) == finetune
+        assert all(params[key].grad is None for key in ("means", "scales", "quats"))

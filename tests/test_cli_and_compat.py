@@ -27,7 +27,7 @@ def test_make_scene_refuses_to_overwrite_with_a_clear_message(tmp_path):
 
 
 def test_lpips_without_weights_is_reported_unavailable(monkeypatch):
-    import torchmetrics.image.lpip as lpip
+    from torchmetrics.image import lpip
 
     from segsplat_ns import compat
 

@@ -231,7 +231,7 @@ def test_classical_levels_are_nested_and_deterministic():
     source = ClassicalMaskSource(levels=(4, 12, 48), min_mask_area=10)
     levels = source.segment_levels(img)
     assert len(levels) == 3
-    counts = [int(l.max()) + 1 for l in levels]
+    counts = [int(level.max()) + 1 for level in levels]
     assert counts[0] <= 4 and counts[1] <= 12 and counts[0] < counts[1] < counts[2]
     fine = levels[-1]
     for coarse in levels[:-1]:

@@ -1,4 +1,5 @@
-"""Tests of segsplat_ns.rendering.rasterize (CPU path), against an independent brute-force reference.
+"""Tests of segsplat_ns.rendering.rasterize (CPU path: segsplat_ns.rendering.torch_rasterizer.rasterize_torch_reference),
+against an independent brute-force reference.
 
 The reference below is written from gsplat 1.4.0's CUDA kernels in the plainest way (one Gaussian,
 one pixel at a time, Python floats for all the decisions), not from segsplat_ns.rendering.
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from segsplat_ns.rendering import rasterize
+from segsplat_ns.rendering.torch_rasterizer import rasterize_torch_reference
 
 TILE = 16
 
@@ -548,6 +550,17 @@ def test_per_camera_colors_and_packed_error():
     torch.testing.assert_close(out, torch.cat([o0, o1]))
     with pytest.raises(NotImplementedError, match="packed"):
         rasterize(means, quats, scales, opac, colors, viewmats, Ks, W, H, packed=True)
+
+
+def test_cpu_dispatch_is_the_torch_reference():
+    """On CPU tensors, rasterize() is exactly rasterize_torch_reference()."""
+    W, H = 16, 12
+    means, quats, scales, opac, colors, viewmats, Ks = make_scene(20, W, H, C=2, D=5, seed=5)
+    a = rasterize(means, quats, scales, opac, colors, viewmats, Ks, W, H, absgrad=True)
+    b = rasterize_torch_reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, absgrad=True)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
+    torch.testing.assert_close(a[2]["radii"], b[2]["radii"])
 
 
 # ----------------------------------------------------------------------------------------------

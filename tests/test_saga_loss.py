@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 
-from segsplat_ns.methods.saga_loss import (
-    ScaleGate,
+from segsplat_ns.methods.common.knn import knn_indices, knn_smooth
+from segsplat_ns.methods.common.scale_gate import ScaleGate
+from segsplat_ns.methods.saga.loss import (
     feature_correspondence,
     feature_norm_loss,
-    knn_indices,
-    knn_smooth,
     mask_correspondence,
     pair_weights,
     pixel_identity_vectors,

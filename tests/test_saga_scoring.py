@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segsplat_ns.methods.saga import AffinityScorer, direct_scores
-from segsplat_ns.methods.saga_loss import ScaleGate
+from segsplat_ns.methods.common.scale_gate import ScaleGate
+from segsplat_ns.methods.saga.scoring import AffinityScorer, direct_scores
 
 
 def clustered_features(n: int, d: int = 32, clusters: int = 20, noise: float = 0.6, seed: int = 0) -> torch.Tensor:

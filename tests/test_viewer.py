@@ -1,5 +1,6 @@
-"""The viewer's segmentation controls: registered callbacks driven with real ViewerClick objects on the tiny
-trained run, and the real viewer driven by headless Chromium (skipped only where no chromium binary exists)."""
+"""The viewer's segmentation controls: the interaction session on its own (a fake segmenter), registered callbacks
+driven with real ViewerClick objects on the tiny trained run, and the real viewer driven by headless Chromium
+(skipped only where no chromium binary exists)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,28 @@ import pytest
 import torch
 from PIL import Image
 
+from segsplat_ns.contract import CONTINUOUS_SCALE, Granularity, MethodContract, Wording
+from segsplat_ns.errors import PromptError
 from segsplat_ns.eval.metrics import iou
 from segsplat_ns.eval.protocol import interior_point
 from segsplat_ns.export import read_splat_ply
-from segsplat_ns.segmenter import Segmenter
+from segsplat_ns.segmenter import Click, Segmenter, Selection
 from segsplat_ns.viewer import (
     DISPLAY_HIGHLIGHT,
     DISPLAY_ONLY,
     HIGHLIGHT_TINT,
+    HISTORY_LIMIT,
     MODE_ADD,
     MODE_OFF,
     MODE_SUBTRACT,
+    NO_FEATURES_HINT,
     TINT_WEIGHT,
     SegmentationControls,
-    level_label,
+    SegmentationSession,
 )
+from segsplat_ns.viewer.overlay import decomposition_of
+
+LEVELS = Granularity("levels", 3)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -60,7 +68,163 @@ def viewer_click(pixel, camera) -> "ViewerClick":  # noqa: F821
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The interaction session alone: no viewer, no model, a fake segmenter.
+
+
+class FakeSegmenter:
+    """Gaussian i sits under pixel x == i of every camera; scale >= 0.5 also selects its neighbour i + 1; pixels
+    x >= N are background. ``select`` is the union of the positive clicks minus the negative ones."""
+
+    N = 10
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _mask(self, pixels, scale):
+        mask = torch.zeros(self.N, dtype=torch.bool)
+        for x, _ in pixels:
+            mask[x] = True
+            if scale >= 0.5 and x + 1 < self.N:
+                mask[x + 1] = True
+        return mask
+
+    def click(self, camera, pixels, scale, threshold=None, negative_pixels=()):
+        self.calls += 1
+        if any(x >= self.N for x, _ in pixels):
+            return Selection(torch.zeros(self.N, dtype=torch.bool), None, "click is on empty background")
+        mask = self._mask(pixels, scale) & ~self._mask(negative_pixels, scale)
+        return Selection(mask, mask.float(), None if mask.any() else "nothing passes")
+
+    def select(self, clicks, scale, threshold=None):
+        self.calls += 1
+        mask = self._mask([c.pixel for c in clicks if c.positive], scale)
+        mask &= ~self._mask([c.pixel for c in clicks if not c.positive], scale)
+        return Selection(mask, mask.float(), None if mask.any() else "nothing passes")
+
+
+def fake_session():
+    segmenter = FakeSegmenter()
+    return SegmentationSession(lambda: segmenter), segmenter
+
+
+def selected(session) -> list:
+    return torch.nonzero(session.selection.gaussian_mask).flatten().tolist()
+
+
+def test_session_clicks_undo_and_reset():
+    session, _ = fake_session()
+    session.click(Click("cam", (2, 0)), 0.0, 0.5)
+    session.click(Click("cam", (5, 0)), 0.0, 0.5)
+    assert selected(session) == [2, 5] and session.click_counts == (2, 0)
+    session.click(Click("cam", (5, 0), positive=False), 0.0, 0.5)
+    assert selected(session) == [2] and session.click_counts == (2, 1)
+
+    assert selected(session) == [2] and session.undo(0.0, 0.5) is session.selection
+    assert selected(session) == [2, 5] and len(session.clicks) == 2
+    # reset clears everything; undo brings it back, then undoes the clicks one by one
+    session.decomposition = decomposition_of(0.0, torch.arange(FakeSegmenter.N) % 3)
+    session.reset()
+    assert session.selection is None and not session.clicks and session.decomposition is None
+    session.undo(0.0, 0.5)
+    assert selected(session) == [2, 5]
+    session.undo(0.0, 0.5)
+    assert selected(session) == [2]
+    assert session.undo(0.0, 0.5) is None and not session.clicks
+    with pytest.raises(PromptError, match="Nothing to undo"):
+        session.undo(0.0, 0.5)
+    # a reset of nothing is not a step
+    session.reset()
+    assert not session.can_undo
+
+
+def test_session_rejects_without_storing():
+    session, _ = fake_session()
+    with pytest.raises(PromptError, match="add an object"):
+        session.click(Click("cam", (3, 0), positive=False), 0.0, 0.5)
+    with pytest.raises(PromptError, match="empty background"):
+        session.click(Click("cam", (FakeSegmenter.N + 1, 0)), 0.0, 0.5)
+    assert not session.clicks and session.selection is None and not session.history
+
+    def no_features():
+        raise PromptError("features are not trained yet")
+
+    untrained = SegmentationSession(no_features)
+    with pytest.raises(PromptError, match="not trained"):
+        untrained.click(Click("cam", (3, 0)), 0.0, 0.5)
+    assert not untrained.clicks and not untrained.history
+    untrained.reset()  # needs no segmenter
+
+
+def test_session_undo_resegments_only_when_the_scale_changed():
+    session, segmenter = fake_session()
+    session.click(Click("cam", (2, 0)), 0.0, 0.5)
+    session.click(Click("cam", (6, 0)), 0.0, 0.5)
+    session.resegment(1.0, 0.5)  # a scale change re-segments but is not an undo step
+    assert selected(session) == [2, 3, 6, 7] and len(session.history) == 2
+    calls = segmenter.calls
+    session.undo(1.0, 0.5)  # the restored click was selected at scale 0: re-segmented at 1
+    assert selected(session) == [2, 3] and segmenter.calls == calls + 1
+    assert (session.scale, session.threshold) == (1.0, 0.5)
+    session.click(Click("cam", (6, 0)), 1.0, 0.5)
+    calls = segmenter.calls
+    session.undo(1.0, 0.5)  # same scale: the stored selection, no segmenter call
+    assert selected(session) == [2, 3] and segmenter.calls == calls
+    with pytest.raises(PromptError, match="no click yet"):
+        SegmentationSession(lambda: segmenter).resegment(0.5, 0.5)
+
+
+def test_session_history_keeps_the_last_steps():
+    session, _ = fake_session()
+    for i in range(HISTORY_LIMIT + 10):
+        session.click(Click("cam", (i % FakeSegmenter.N, 0)), 0.0, 0.5)
+    assert len(session.history) == HISTORY_LIMIT == 50
+    for _ in range(HISTORY_LIMIT):
+        session.undo(0.0, 0.5)
+    assert len(session.clicks) == 10 and not session.can_undo
+
+
+def test_session_drops_a_decomposition_started_before_a_reset():
+    session, _ = fake_session()
+    session.click(Click("cam", (2, 0)), 0.0, 0.5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0, 1, -1])
+    token = session.begin_decomposition()
+    session.reset()
+    assert not session.finish_decomposition(token, decomposition_of(0.0, labels))
+    assert session.decomposition is None
+    token = session.begin_decomposition()
+    assert session.finish_decomposition(token, decomposition_of(0.0, labels))
+    decomposition = session.decomposition
+    assert decomposition.num_segments == 3 and decomposition.num_points == 10
+    assert decomposition.colors.shape == (10, 3) and torch.equal(decomposition.colors[0], decomposition.colors[1])
+    assert not torch.equal(decomposition.colors[0], decomposition.colors[2])
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Unit level: no browser; a real viser server, a ViewerControl set up as nerfstudio's Viewer does it.
+
+
+class ContractModel(torch.nn.Module, MethodContract):
+    """A model that is only the method contract (no features trained): what the panel reads at construction."""
+
+    viewer_hook = None
+    has_features = False
+
+    def __init__(self, granularity: Granularity = CONTINUOUS_SCALE, wording: Wording = Wording()) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self._granularity = granularity
+        self.wording = wording
+
+    @property
+    def granularity(self) -> Granularity:
+        return self._granularity
+
+
+def untrained_pipeline(model: torch.nn.Module) -> torch.nn.Module:
+    pipeline = torch.nn.Module()
+    pipeline.model = model
+    pipeline.segmentation = SegmentationControls(pipeline)
+    return pipeline
 
 
 def test_controls_are_reachable_in_order_and_add_no_state(tmp_path):
@@ -68,14 +232,38 @@ def test_controls_are_reachable_in_order_and_add_no_state(tmp_path):
     from nerfstudio.viewer.utils import parse_object
     from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 
-    pipeline = torch.nn.Module()
-    pipeline.model = torch.nn.Linear(1, 1)
-    pipeline.segmentation = SegmentationControls(pipeline)
+    pipeline = untrained_pipeline(ContractModel())
     names = [element.name for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")]
     assert names == ["Status", "Click mode", "Scale", "Threshold", "Undo click", "Reset selection", "Display",
                      "Decompose scene", "Export selection (.ply)", "Exported to"]
     assert len(parse_object(pipeline, ViewerControl, "Custom Elements")) == 1
     assert not any(k.startswith("segmentation.") for k in pipeline.state_dict())
+    assert pipeline.model.viewer_hook == pipeline.segmentation.add_outputs
+
+
+def test_controls_follow_the_contract_granularity_and_wording():
+    """Discrete levels: a Level dropdown (the model's hint); no threshold in the method: Threshold disabled."""
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    wording = Wording(level_hint="Which code prefix a click selects.", uses_threshold=False)
+    pipeline = untrained_pipeline(ContractModel(LEVELS, wording))
+    controls = pipeline.segmentation
+    names = [element.name for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")]
+    assert names[2:4] == ["Level", "Threshold"]
+    assert controls.c_scale.options == ["level 1 (coarsest)", "level 2", "level 3 (finest)"]
+    assert controls.c_scale.value == "level 1 (coarsest)" and controls.c_scale.hint == wording.level_hint
+    assert controls.d_threshold.disabled
+    assert not untrained_pipeline(ContractModel()).segmentation.d_threshold.disabled
+
+    # before the features are trained the controls say so, without a traceback
+    for element in (controls.c_scale, controls.e_undo, controls.h_decompose, controls.i_export):
+        controls.say("")
+        element.cb_hook(element)
+        assert controls.last_message and not controls.last_message.startswith("Error"), element.name
+    for element in (controls.c_scale, controls.h_decompose):
+        element.cb_hook(element)
+        assert controls.last_message == NO_FEATURES_HINT
 
 
 def installed_controls(pipeline, tmp_path):
@@ -111,7 +299,7 @@ def controls(trained_pipeline, trained, tmp_path):
 
 @pytest.fixture
 def binary_controls(trained_binary, tmp_path):
-    from segsplat_ns.commands.segment import load_run
+    from segsplat_ns.runs import load_run
 
     _, pipeline, _, _ = load_run(trained_binary, test_mode="test")
     controls, server = installed_controls(pipeline, tmp_path)
@@ -325,7 +513,7 @@ def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
     # every Gaussian of the coarse selection shares the clicked level-1 prefix
     assert len(torch.unique(model.gaussian_prefixes(0)[coarse])) == 1
 
-    set_value(controls.c_scale, level_label(1, 3))
+    set_value(controls.c_scale, LEVELS.level_label(1))
     fine = controls.selection.gaussian_mask.clone()
     assert "level 2 of 3" in controls.last_message
     assert torch.equal(fine, segmenter.click(camera, [pixel], model.scale_for_level(1)).gaussian_mask)
@@ -334,7 +522,7 @@ def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
     assert controls.selection is None
 
     # panoptic output types: a colour per code prefix of each level, nested (level 2 refines level 1)
-    from segsplat_ns.methods.binary_gaussian import code_prefix, pack_codes, prefix_colors
+    from segsplat_ns.methods.binary_gaussian.codes import code_prefix, pack_codes, prefix_colors
 
     model.eval()
     outputs = model.get_outputs_for_camera(camera)
@@ -361,7 +549,7 @@ def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
         model.level_scale_count[2] = 0.0
         model.level_scale_sum[2] = 0.0
         controls.on_click(viewer_click(pixel, camera))
-        set_value(controls.c_scale, level_label(2, 3))
+        set_value(controls.c_scale, LEVELS.level_label(2))
         assert "choose another level" in controls.last_message
     finally:
         for buffer, value in zip((model.level_scale_hist, model.level_scale_count, model.level_scale_sum), saved):
@@ -480,13 +668,16 @@ def test_browser_click_selects_the_object(browser, live_viewer, scene):
 
     driver, viewer, controls = browser, live_viewer.viewer, live_viewer.controls
     driver.get(live_viewer.url)
-    assert wait_for(lambda: viewer.viser_server.get_clients(), 60), "the browser never connected to the viewer"
+    assert wait_for(viewer.viser_server.get_clients, 60), "the browser never connected to the viewer"
 
     # the segmentation panel renders, in order
     labels = ["Click mode", "Scale", "Threshold", "Undo click", "Reset selection", "Display", "Decompose scene",
               "Export selection (.ply)", "Exported to"]
-    body = wait_for(lambda: (lambda t: t if all(label in t for label in labels) else None)(
-        driver.find_element(By.TAG_NAME, "body").text), 60)
+    def panel_text():
+        text = driver.find_element(By.TAG_NAME, "body").text
+        return text if all(label in text for label in labels) else None
+
+    body = wait_for(panel_text, 60)
     assert body, "segmentation controls did not render: " + driver.find_element(By.TAG_NAME, "body").text[-2000:]
     positions = [body.index(label) for label in labels]
     assert positions == sorted(positions)

@@ -1,7 +1,7 @@
 """`segsplat bench`: every registered method on synthetic scenes from several seeds, one table.
 
-Per seed: ``segsplat make-scene --seed s``; stage one (the RGB splat) once with ``ns-train saga`` stopped at
-``rgb-steps``; then each method's feature stage with ``--pipeline.model.init-from`` that run, so every method
+Per seed: ``segsplat make-scene --seed s``; stage one (the RGB splat) once, with the first method's ``ns-train``
+stopped at ``rgb-steps`` (every method's RGB stage is the shared base's); then each method's feature stage with ``--pipeline.model.init-from`` that run, so every method
 segments the same Gaussians with the same masks. Each run is evaluated as ``ns-eval`` does (PSNR, the click
 protocol, the decomposition) plus the click latency and the bytes of segmentation data per Gaussian in the
 checkpoint. Finished runs are reused when the command is run again (``--fresh`` retrains).
@@ -17,22 +17,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
-from segsplat_ns.commands.demo import find_config, small_scene_training_args
 from segsplat_ns.errors import SegsplatError
-
-GEOMETRY_KEYS = ("means", "scales", "quats", "opacities", "features_dc", "features_rest")
-
-METHOD_FLAGS: Dict[str, List[str]] = {
-    # the demo's CPU settings: 512 pixels per step, half of them mask-balanced (see docs/saga.md)
-    "saga": ["--pipeline.model.num-sampled-pixels", "512", "--pipeline.model.num-mask-balanced-pixels", "256"],
-    # the paper's 2k + 8k pixels are GPU-sized; 300 + 700 keep its ratio (about 0.15 s a step here, docs/binary-gaussian.md)
-    "binary-gaussian": ["--pipeline.model.num-random-pixels", "300", "--pipeline.model.num-mask-pixels", "700"],
-}
-"""Per-method ns-train flags for CPU-sized runs (appended before --extra-args)."""
+from segsplat_ns.registry import get_method, method_names
+from segsplat_ns.runs import find_config, small_scene_training_args
 
 COLUMNS = [
     ("psnr", "PSNR", "{:.2f}"),
@@ -57,13 +48,15 @@ def segmentation_bytes_per_gaussian(checkpoint: Path) -> float:
     """Bytes per Gaussian of everything per-Gaussian in the checkpoint that is not splatfacto's geometry."""
     import torch
 
+    from segsplat_ns.compat.splatfacto import GEOMETRY_KEYS
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["pipeline"]
     state = {key.replace("module.", "", 1): value for key, value in state.items()}
     count = state["_model.gauss_params.means"].shape[0]
     total = 0
     for key, value in state.items():
         name = key.rsplit(".", 1)[-1]
-        if not key.startswith("_model.") or name in GEOMETRY_KEYS or not hasattr(value, "shape"):
+        if not key.startswith("_model.") or name in GEOMETRY_KEYS or not isinstance(value, torch.Tensor):
             continue
         if value.dim() >= 1 and value.shape[0] == count and value.numel() > 0:
             total += value.numel() * value.element_size()
@@ -80,8 +73,8 @@ class Bench:
     """Scenes, runs and the table go here."""
     seeds: Tuple[int, ...] = (0, 1, 2)
     """Scene seeds (seed 0 is the default scene)."""
-    methods: Tuple[str, ...] = ("saga", "binary-gaussian")
-    """Registered methods to train (ns-train names)."""
+    methods: Tuple[str, ...] = ()
+    """Registered methods to train (ns-train names; default: every registered segsplat method)."""
     image_size: int = 96
     """Width and height of the generated scenes' images."""
     num_objects: int = 3
@@ -93,23 +86,23 @@ class Bench:
     feature_steps: int = 1500
     """Stage two steps of each method."""
     extra_args: Tuple[str, ...] = ()
-    """More ns-train flags for every feature run, given last: everything after --extra-args goes to ns-train as
-    it is, e.g. --extra-args --pipeline.model.lambda-guiding 0."""
+    """ns-train flags for every feature run: everything after --extra-args, verbatim (must come last)."""
     fresh: bool = False
     """Retrain even where a finished run exists."""
 
     def main(self) -> int:
         from segsplat_ns.io import atomic_open
 
-        unknown = [m for m in self.methods if m not in METHOD_FLAGS]
-        if unknown:
-            raise SegsplatError(f"unknown method(s) {unknown}: choose from {sorted(METHOD_FLAGS)}")
+        if not self.methods:
+            self.methods = tuple(method_names())
+        for method in self.methods:
+            get_method(method)  # a clear error naming the registered methods
         self.workdir.mkdir(parents=True, exist_ok=True)
         rows: List[Dict[str, float]] = []
         started = time.time()
         for seed in self.seeds:
             scene = self.scene(seed)
-            rgb_config, rgb_seconds = self.train(scene, seed, "rgb", ["saga", *self.rgb_args()])
+            rgb_config, rgb_seconds = self.train(scene, seed, "rgb", [self.methods[0], *self.rgb_args()])
             for method in self.methods:
                 args = [method, "--pipeline.model.init-from", str(rgb_config), *self.feature_args(method)]
                 config, seconds = self.train(scene, seed, method, args)
@@ -146,7 +139,8 @@ class Bench:
     def feature_args(self, method: str) -> List[str]:
         # the same small-scene settings as stage one (white background, full resolution, SH schedule); the
         # RGB-stage flags are inert with init-from, which starts the features at step 0
-        return [*small_scene_training_args(0, self.feature_steps), *METHOD_FLAGS[method], *self.extra_args]
+        flags = get_method(method).cpu_training_args()
+        return [*small_scene_training_args(0, self.feature_steps), *flags, *self.extra_args]
 
     def train(self, scene: Path, seed: int, name: str, args: List[str]) -> Tuple[Path, float]:
         """Run ns-train (or reuse a finished run): the run's config.yml and the wall time it took."""
@@ -163,7 +157,7 @@ class Bench:
         ]
         print("[bench] " + " ".join(command[1:]), flush=True)
         start = time.time()
-        result = subprocess.run(command, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        result = subprocess.run(command, check=False, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         seconds = time.time() - start
         if result.returncode != 0:
             raise SegsplatError(f"ns-train {args[0]} ({name}, seed {seed}) failed with exit code {result.returncode}; "
@@ -174,8 +168,8 @@ class Bench:
     def evaluate(self, config: Path) -> Dict[str, float]:
         import torch
 
-        from segsplat_ns.commands.segment import load_run
         from segsplat_ns.eval.protocol import interior_point
+        from segsplat_ns.runs import load_run
         from segsplat_ns.segmenter import Segmenter
 
         _, pipeline, checkpoint, _ = load_run(config)

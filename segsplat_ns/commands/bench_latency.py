@@ -1,21 +1,17 @@
-"""`segsplat bench-latency`: click -> Gaussian mask time against the direct fp32 way and the memory-bandwidth bound.
+"""`segsplat bench-latency`: click -> Gaussian mask time of every registered method, against its reference way and
+the memory-bandwidth bound.
 
-What is timed is the part of a click that reads every Gaussian: from the clicked pixels' gated query features to
-the boolean selection (``Segmenter.select_scores`` + threshold). Rasterising the clicked view comes before it and
-is the same for every scoring method (``benchmarks/bench_rasterize.py`` measures it).
+What is timed is the part of a click that reads every Gaussian: from the clicked pixels' queries to the boolean
+selection (``Segmenter.select_scores`` + threshold, or the selection itself). Rasterising the clicked view comes
+before it and is the same for every scoring method (``benchmarks/bench_rasterize.py`` measures it).
 
-- direct: the authors' way, per click: fp32 features times the gate, normalise, cosine against the query
-  (:func:`segsplat_ns.methods.saga.direct_scores`);
-- segsplat, new scale: the first click at a scale (computes and keeps that scale's bfloat16 gated features);
-- segsplat, same scale: every later click at that scale (one bfloat16 product, fp32 re-scoring at the threshold);
-- bound: bytes that must be read per click / this machine's read bandwidth, measured in the same run by summing
-  a buffer larger than the caches. Given for the fp32 features (what the direct way reads at least) and for the
-  features as the fast path stores them (bfloat16 from ``AffinityScorer.BF16_FROM`` Gaussians, fp32 below).
-- binary-gaussian, new level: the first click at a level (every Gaussian's level prefix from its int32 code, and the
-  table of distinct stored prefixes for the nearest-prefix query);
-- binary-gaussian, same level: every later click (nearest stored prefix of the query, then
-  :func:`~segsplat_ns.methods.binary_gaussian.prefix_scores`: the boolean selection), on codes with 64 x 8 x 4
-  groups (level 1 x 2 x 3), clicked at level 2 (22-bit prefixes).
+Each method supplies its cases through :meth:`~segsplat_ns.contract.MethodContract.latency_probe` (e.g. the
+paper authors' way as the reference case, a first click at a scale or level, every later click there), how many
+bytes a click must read at least, and any other facts it reports; this command names no method. Per method and
+size it reports each case's time, each case's speed-up against the method's reference case (where it has one),
+the bandwidth bound (bytes read per click / this machine's read bandwidth, measured in the same run by summing a
+buffer larger than the caches) and how far the method's fastest case is from it; and, across methods, each
+method's fastest case (and reference case) against every other method's fastest.
 """
 
 from __future__ import annotations
@@ -28,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+
+from segsplat_ns.contract import LatencyProbe
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -45,24 +42,65 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 def read_bandwidth(num_bytes: int = 512 << 20, repeats: int = 7) -> float:
     """Bytes per second for streaming reads (a sum over a buffer larger than the caches)."""
     buffer = torch.ones(num_bytes // 4, dtype=torch.float32)
-    seconds = median_time(lambda: buffer.sum(), repeats)
+    seconds = median_time(buffer.sum, repeats)
     return num_bytes / seconds
+
+
+def measure_probe(probe: LatencyProbe, timed: Callable[[Callable[[], object]], float], bandwidth: float) -> Dict[str, object]:
+    """One method's row at one size: times (ms), speed-ups against the reference case, bounds and the rest."""
+    ms = {case: timed(fn) * 1e3 for case, fn in probe.cases.items()}
+    fastest = min(ms, key=ms.__getitem__)
+    bound_ms = {label: count / bandwidth * 1e3 for label, count in probe.bytes_read.items()}
+    speedup = {}
+    if probe.reference is not None:
+        speedup = {case: ms[probe.reference] / value for case, value in ms.items() if case != probe.reference}
+    return {
+        "name": probe.name,
+        "ms": ms,
+        "fastest": fastest,
+        "reference": probe.reference,
+        "speedup_vs_reference": speedup,
+        "bytes_read": dict(probe.bytes_read),
+        "bound_ms": bound_ms,
+        "times_bound": {case: {label: value / bound for label, bound in bound_ms.items()} for case, value in ms.items()},
+        "selected": probe.selected,
+        "facts": dict(probe.facts),
+    }
+
+
+def cross_method(methods: Dict[str, Dict[str, object]]) -> List[Dict[str, object]]:
+    """Each method's fastest case (and its reference case, if another) against every other method's fastest."""
+    rows = []
+    for name, row in methods.items():
+        cases = [row["fastest"]] + ([row["reference"]] if row["reference"] not in (None, row["fastest"]) else [])
+        for case in cases:
+            for other, other_row in methods.items():
+                if other == name:
+                    continue
+                rows.append(
+                    {
+                        "method": name,
+                        "case": case,
+                        "against": other,
+                        "against_case": other_row["fastest"],
+                        "ratio": row["ms"][case] / other_row["ms"][other_row["fastest"]],
+                    }
+                )
+    return rows
 
 
 @dataclass
 class BenchLatency:
-    """Time click -> mask at 10k, 100k and 1M Gaussians: SAGA's bfloat16 path, the authors' direct fp32 way, this
-    machine's memory-bandwidth bound, and Binary-Gaussian's integer prefix compare, measured in one run. Prints
-    markdown tables; --output-json keeps them."""
+    """Time click -> mask at 10k, 100k and 1M Gaussians for every registered method (its fast path, its reference
+    way where it has one, and this machine's memory-bandwidth bound), measured in one run. Prints markdown tables;
+    --output-json keeps them."""
 
     sizes: Tuple[int, ...] = (10_000, 100_000, 1_000_000)
     """Numbers of Gaussians."""
     feature_dim: int = 32
-    """D of the affinity features (SAGA: 32)."""
-    clicks: int = 1
-    """Clicked pixels per prompt (queries K)."""
+    """D of the per-Gaussian float features, for methods whose probe has them."""
     threshold: float = 0.75
-    """Similarity threshold (SAGA's default)."""
+    """Score threshold, for methods that threshold a score ("affinity" scores)."""
     repeats: int = 15
     """Timed repetitions per measurement (the median is reported)."""
     threads: Optional[int] = None
@@ -70,24 +108,19 @@ class BenchLatency:
     device: str = "cpu"
     """cpu, or cuda to time the same code on a GPU (bandwidth then measured on the GPU)."""
     seed: int = 0
+    """Seed of each method's synthetic data (each method draws from its own generator)."""
+    methods: Tuple[str, ...] = ()
+    """Registered methods to time (default: all that have a latency probe)."""
     output_json: Optional[Path] = None
     """Also write the rows as JSON here (written atomically)."""
-    rows: List[Dict[str, float]] = field(default_factory=list, init=False, repr=False)
+    rows: List[Dict[str, object]] = field(default_factory=list, init=False, repr=False)
 
     def main(self) -> int:
         from tqdm import tqdm
 
+        from segsplat_ns.errors import SegsplatError
         from segsplat_ns.io import atomic_open
-        from segsplat_ns.methods.binary_gaussian import (
-            PrefixTable,
-            code_prefix,
-            prefix_bits,
-            prefix_scores,
-            signed_prefix,
-            to_int32,
-        )
-        from segsplat_ns.methods.saga import AffinityScorer, direct_scores
-        from segsplat_ns.methods.saga_loss import ScaleGate
+        from segsplat_ns.registry import registered_methods
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -104,73 +137,22 @@ class BenchLatency:
 
             return median_time(run, self.repeats)
 
+        registered = registered_methods()
+        unknown = [name for name in self.methods if name not in registered]
+        if unknown:
+            raise SegsplatError(f"unknown method(s) {unknown}: choose from {sorted(registered)}")
+        chosen = {name: registered[name] for name in (self.methods or tuple(registered))}
         bandwidth = read_bandwidth() if device.type == "cpu" else self._cuda_bandwidth()
-        generator = torch.Generator().manual_seed(self.seed)
-        gate = ScaleGate(self.feature_dim).to(device)
-        scale = 0.5
+        # one generator per method, so a method's data do not depend on which other methods are installed
+        generators = {name: torch.Generator(device=device).manual_seed(self.seed) for name in chosen}
         for n in tqdm(self.sizes, desc="bench-latency", unit="size"):
-            # features in clusters (as trained ones are), so the threshold cuts through real groups
-            centres = torch.randn(64, self.feature_dim, generator=generator)
-            labels = torch.randint(64, (n,), generator=generator)
-            features = F.normalize(centres[labels] + 0.6 * torch.randn(n, self.feature_dim, generator=generator), dim=-1)
-            features = features.to(device)
-            gate_s = gate(torch.tensor([scale], device=device))[0].detach()
-            queries = F.normalize(features[: self.clicks] * gate_s, dim=-1)
-
-            direct = timed(lambda: direct_scores(features, gate_s, queries) > self.threshold)
-            scorer = AffinityScorer(features, gate)
-
-            def new_scale():
-                scorer._gated.clear()
-                return scorer.scores(queries, scale, exact_near=self.threshold) > self.threshold
-
-            first = timed(new_scale)
-            same = timed(lambda: scorer.scores(queries, scale, exact_near=self.threshold) > self.threshold)
-            with torch.no_grad():
-                reference = direct_scores(features, gate_s, queries) > self.threshold
-                ours = scorer.scores(queries, scale, exact_near=self.threshold) > self.threshold
-                approximate = scorer.scores(queries, scale)
-                refined = int(((approximate - self.threshold).abs() <= AffinityScorer.BF16_COSINE_ERROR).sum())
-            # Binary-Gaussian on the same number of Gaussians: grouped random codes, a click at level 2
-            widths, level = (12, 10, 10), 1
-            bits = prefix_bits(widths, level)
-            group_codes = torch.randint(0, 2**32, (64 * 8 * 4,), generator=generator, dtype=torch.int64)
-            codes = to_int32(group_codes[torch.randint(group_codes.numel(), (n,), generator=generator)]).to(device)
-            query = code_prefix(codes[:1], bits)
-
-            def binary_new_level():
-                prefixes = signed_prefix(codes, bits)
-                table = PrefixTable(codes, widths, level)
-                return prefix_scores(prefixes, table.lookup(query), bits), prefixes, table
-
-            binary_first = timed(binary_new_level)
-            _, prefixes, table = binary_new_level()
-            binary_same = timed(lambda: prefix_scores(prefixes, table.lookup(query), bits))
-            binary_selected = int(prefix_scores(prefixes, query, bits).sum())
-            fp32_bytes = n * self.feature_dim * 4
-            stored_bytes = n * self.feature_dim * (2 if n >= AffinityScorer.BF16_FROM else 4)
-            self.rows.append(
-                {
-                    "gaussians": n,
-                    "direct_fp32_ms": direct * 1e3,
-                    "segsplat_new_scale_ms": first * 1e3,
-                    "segsplat_same_scale_ms": same * 1e3,
-                    "bound_fp32_read_ms": fp32_bytes / bandwidth * 1e3,
-                    "stored_dtype": "bfloat16" if n >= AffinityScorer.BF16_FROM else "float32",
-                    "bound_stored_read_ms": stored_bytes / bandwidth * 1e3,
-                    "speedup_vs_direct": direct / same,
-                    "times_stored_bound": same / (stored_bytes / bandwidth),
-                    "times_fp32_bound": same / (fp32_bytes / bandwidth),
-                    "selected": int(reference.sum()),
-                    "mask_differences": int((ours != reference).sum()),
-                    "rescored_in_fp32": refined,
-                    "binary_new_level_ms": binary_first * 1e3,
-                    "binary_same_level_ms": binary_same * 1e3,
-                    "direct_fp32_over_binary": direct / binary_same,
-                    "segsplat_saga_over_binary": same / binary_same,
-                    "binary_selected": binary_selected,
-                }
-            )
+            methods: Dict[str, Dict[str, object]] = {}
+            for name, method in chosen.items():
+                probe = method.model_class.latency_probe(n, self.feature_dim, self.threshold, generators[name])
+                if probe is not None:
+                    methods[name] = measure_probe(probe, timed, bandwidth)
+                    del probe
+            self.rows.append({"gaussians": n, "methods": methods, "cross": cross_method(methods)})
         print(self.markdown(bandwidth))
         if self.output_json is not None:
             record = {
@@ -178,7 +160,7 @@ class BenchLatency:
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {self.device}",
                 "read_bandwidth_gb_s": bandwidth / 1e9,
                 "feature_dim": self.feature_dim,
-                "clicks": self.clicks,
+                "clicks": 1,
                 "threshold": self.threshold,
                 "rows": self.rows,
             }
@@ -194,32 +176,69 @@ class BenchLatency:
 
     def markdown(self, bandwidth: float) -> str:
         lines = [
-            f"read bandwidth {bandwidth / 1e9:.1f} GB/s; D = {self.feature_dim}; {self.clicks} click(s); "
+            f"read bandwidth {bandwidth / 1e9:.1f} GB/s; D = {self.feature_dim}; 1 click; "
             f"threshold {self.threshold}; median of {self.repeats}",
-            "",
-            "| Gaussians | direct fp32 | segsplat, new scale | segsplat, same scale | stored as | bound, stored read "
-            "| bound, fp32 read | speed-up vs direct | × stored bound | × fp32 bound | mask differences |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        names: List[str] = []
         for row in self.rows:
-            lines.append(
-                f"| {row['gaussians']:,} | {row['direct_fp32_ms']:.2f} ms | {row['segsplat_new_scale_ms']:.2f} ms "
-                f"| {row['segsplat_same_scale_ms']:.2f} ms | {row['stored_dtype']} | {row['bound_stored_read_ms']:.2f} ms "
-                f"| {row['bound_fp32_read_ms']:.2f} ms | {row['speedup_vs_direct']:.1f}× | {row['times_stored_bound']:.1f} "
-                f"| {row['times_fp32_bound']:.1f} | {row['mask_differences']} of {row['selected']:,} selected |"
+            names += [name for name in row["methods"] if name not in names]
+        for name in names:
+            per_size = [(row["gaussians"], row["methods"][name]) for row in self.rows if name in row["methods"]]
+            first = per_size[0][1]
+            cases = list(first["ms"])
+            reference = first["reference"]
+            speedups = [case for case in cases if reference is not None and case != reference]
+            bounds = list(first["bound_ms"])
+            facts = list(first["facts"])
+            header = (
+                ["Gaussians"]
+                + [f"{case}" for case in cases]
+                + [f"{case} vs {reference}" for case in speedups]
+                + [f"bound, {label} read" for label in bounds]
+                + [f"fastest × {label} bound" for label in bounds]
+                + ["selected"]
+                + facts
             )
-        lines += [
-            "",
-            "Binary-Gaussian (int32 codes, click at level 2) against SAGA's float paths above, same run:",
-            "",
-            "| Gaussians | binary, new level | binary, same level | direct fp32 / binary | segsplat SAGA same scale / binary "
-            "| selected |",
-            "|---|---|---|---|---|---|",
-        ]
+            lines += ["", f"**{name}** ({first['name']}):", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)]
+            for n, result in per_size:
+                fastest = result["fastest"]
+                cells = (
+                    [f"{n:,}"]
+                    + [f"{result['ms'][case]:.2f} ms" for case in cases]
+                    + [f"{result['speedup_vs_reference'][case]:.1f}×" for case in speedups]
+                    + [f"{result['bound_ms'][label]:.2f} ms" for label in bounds]
+                    + [f"{result['times_bound'][fastest][label]:.1f} ({fastest})" for label in bounds]
+                    + [f"{result['selected']:,}"]
+                    + [_cell(result["facts"][fact]) for fact in facts]
+                )
+                lines.append("| " + " | ".join(cells) + " |")
+        pairs: List[Tuple[str, str, str]] = []
         for row in self.rows:
-            lines.append(
-                f"| {row['gaussians']:,} | {row['binary_new_level_ms']:.2f} ms | {row['binary_same_level_ms']:.2f} ms "
-                f"| {row['direct_fp32_over_binary']:.1f}× | {row['segsplat_saga_over_binary']:.1f}× "
-                f"| {row['binary_selected']:,} |"
-            )
+            for entry in row["cross"]:
+                key = (entry["method"], entry["case"] if entry["case"] != row["methods"][entry["method"]]["fastest"]
+                       else "fastest", entry["against"])
+                if key not in pairs:
+                    pairs.append(key)
+        if pairs:
+            lines += ["", "Across methods, same run (time of one method's case / the other method's fastest case):", "",
+                      "| Gaussians | " + " | ".join(f"{method} {case} / {other}" for method, case, other in pairs) + " |",
+                      "|---|" + "---|" * len(pairs)]
+            for row in self.rows:
+                cells = [f"{row['gaussians']:,}"]
+                for method, case, other in pairs:
+                    value = next((entry["ratio"] for entry in row["cross"] if entry["method"] == method
+                                  and entry["against"] == other
+                                  and (entry["case"] == case or (case == "fastest"
+                                       and entry["case"] == row["methods"][method]["fastest"]))), None)
+                    cells.append("—" if value is None else f"{value:.3g}×")
+                lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

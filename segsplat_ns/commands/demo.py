@@ -1,4 +1,4 @@
-"""`segsplat demo`: synthetic scene -> `ns-train saga` -> click an object -> .ply + PNG + IoU, on CPU in minutes."""
+"""`segsplat demo`: synthetic scene -> `ns-train <method>` -> click an object -> .ply + PNG + IoU, on CPU in minutes."""
 
 from __future__ import annotations
 
@@ -9,39 +9,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
-
-def small_scene_training_args(rgb_steps: int, feature_steps: int) -> List[str]:
-    """ns-train flags that fit splatfacto's schedule to a small scene trained for a few thousand steps."""
-    return [
-        "--max-num-iterations", str(rgb_steps + feature_steps),
-        "--pipeline.model.rgb-steps", str(rgb_steps),
-        "--pipeline.model.num-downscales", "0",
-        "--pipeline.model.warmup-length", str(max(rgb_steps // 10, 50)),
-        "--pipeline.model.refine-every", str(max(rgb_steps // 30, 25)),
-        "--pipeline.model.reset-alpha-every", "10",
-        "--pipeline.model.stop-split-at", str(int(rgb_steps * 0.6)),
-        "--pipeline.model.sh-degree-interval", str(max(rgb_steps // 6, 50)),
-        "--pipeline.model.background-color", "white",
-        "--steps-per-save", str(rgb_steps + feature_steps),
-        "--steps-per-eval-image", str(10 * (rgb_steps + feature_steps)),
-        "--logging.local-writer.max-log-size", "0",
-    ]
-
-
-def find_config(run_root: Path) -> Path:
-    configs = sorted(run_root.rglob("config.yml"), key=lambda p: p.stat().st_mtime)
-    if not configs:
-        raise FileNotFoundError(f"no config.yml under {run_root}: did ns-train fail?")
-    return configs[-1]
+from segsplat_ns.runs import find_config, small_scene_training_args
 
 
 @dataclass
 class Demo:
-    """Make the synthetic scene, train SAGA on it with the real `ns-train`, segment one object from a click,
+    """Make the synthetic scene, train a method on it with the real `ns-train`, segment one object from a click,
     export it as .ply and PNG, and print the IoU against ground truth. About 10 minutes on a 2-core CPU."""
 
+    method: str
+    """Registered ns-train method to train (scripts/demo.sh: saga); `segsplat demo --help` lists them."""
     workdir: Path = Path("outputs/demo")
     """Folder for the scene and the run (replaced if it exists)."""
     seed: int = 0
@@ -49,16 +27,13 @@ class Demo:
     rgb_steps: int = 2000
     """Stage one (RGB splat) steps."""
     feature_steps: int = 1500
-    """Stage two (SAGA affinity features) steps."""
-    sampled_pixels: int = 512
-    """Pixels per step for SAGA's pairwise loss (paper: 1000; the loss is quadratic in it, so CPU runs use fewer)."""
-    mask_balanced_pixels: int = 256
-    """Of those, how many are drawn from randomly chosen masks rather than uniformly, so that small parts are
-    sampled every step (SAGA samples uniformly: 0; at 512 pixels the tree's trunk then got ~2 per step)."""
+    """Stage two (segmentation features) steps."""
 
     def main(self) -> int:
+        from segsplat_ns.registry import get_method
         from segsplat_ns.synthetic import SceneConfig, make_scene
 
+        method = get_method(self.method)
         started = time.time()
         bin_dir = Path(sys.executable).parent
         if self.workdir.exists():
@@ -67,12 +42,11 @@ class Demo:
         print(f"[1/3] synthetic scene written to {scene} ({time.time() - started:.0f} s)")
 
         train_cmd = [
-            str(bin_dir / "ns-train"), "saga", "--data", str(scene),
+            str(bin_dir / "ns-train"), method.name, "--data", str(scene),
             "--output-dir", str(self.workdir / "runs"), "--experiment-name", "demo", "--timestamp", "run",
             "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
             *small_scene_training_args(self.rgb_steps, self.feature_steps),
-            "--pipeline.model.num-sampled-pixels", str(self.sampled_pixels),
-            "--pipeline.model.num-mask-balanced-pixels", str(self.mask_balanced_pixels),
+            *method.cpu_training_args(),
         ]
         print("[2/3] " + " ".join(train_cmd[1:]))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -85,9 +59,9 @@ class Demo:
     def segment_largest_object(self, config: Path, started: float) -> int:
         import numpy as np
 
-        from segsplat_ns.cli import Segment
-        from segsplat_ns.commands.segment import load_run, run_segment
+        from segsplat_ns.commands.segment import Segment, run_segment
         from segsplat_ns.eval.protocol import interior_point, target_scale
+        from segsplat_ns.runs import load_run
         from segsplat_ns.segmenter import Segmenter
 
         _, pipeline, _, _ = load_run(config)

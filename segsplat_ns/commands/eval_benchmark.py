@@ -40,8 +40,8 @@ class EvalBenchmark:
     """Also write the scores here (atomically)."""
 
     def main(self) -> int:
-        from segsplat_ns.commands.segment import load_run
         from segsplat_ns.eval.benchmarks import BENCHMARKS, TEXT_BENCHMARKS, read_benchmark
+        from segsplat_ns.runs import load_run
         from segsplat_ns.segmenter import Segmenter
 
         if self.benchmark not in BENCHMARKS:

@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from segsplat_ns.errors import SegsplatError
-
-if TYPE_CHECKING:
-    from segsplat_ns.cli import Segment
+from segsplat_ns.runs import load_run
 
 
-def load_run(config_path: Path, test_mode: str = "test"):
-    """A trained run's pipeline, found from its config.yml wherever the command is run from."""
-    from nerfstudio.utils.eval_utils import eval_setup
+@dataclass
+class Segment:
+    """Select an object from a click at a chosen scale; write its Gaussians as a .ply (ns-export's format) and a PNG.
 
-    from segsplat_ns.compat import allow_nerfstudio_checkpoints
+    Example: segsplat segment --load-config outputs/scene/saga/<time>/config.yml --camera 0 --pixel 48 40 --scale 0.6
+    """
 
-    config_path = Path(config_path)
-    if not config_path.is_file():
-        raise SegsplatError(f"--load-config {config_path}: no such file (pass the config.yml inside a run's folder)")
-    allow_nerfstudio_checkpoints()
+    load_config: Path
+    """config.yml of a trained segsplat run."""
+    pixel: Tuple[int, int]
+    """Click position (x, y) in pixels of the chosen camera's image."""
+    camera: int = 0
+    """Index of the camera within --split."""
+    split: Literal["eval", "train"] = "eval"
+    """Which cameras --camera indexes: the held-out eval views or the training views."""
+    scale: float = 0.5
+    """Scale in [0, 1]: quantile of 3D mask sizes (0 = finest parts, 1 = whole scene); methods with levels map it."""
+    level: Optional[int] = None
+    """Methods with discrete levels: the level, 1 (coarsest) .. L (finest); replaces --scale."""
+    threshold: float = 0.75
+    """Similarity threshold: Gaussians with affinity above it are selected (methods with affinity scores)."""
+    output: Optional[Path] = None
+    """Where to write the .ply (default: <run>/segments/<split><camera>_x<x>_y<y>_s<scale>.ply); the PNG goes beside."""
 
-    def locate_checkpoints(config):
-        # an absolute relative_model_dir wins over output_dir/experiment/method/timestamp, which is cwd-relative
-        config.relative_model_dir = config_path.resolve().parent / "nerfstudio_models"
-        return config
-
-    config, pipeline, checkpoint, step = eval_setup(config_path, test_mode=test_mode, update_config_callback=locate_checkpoints)
-    return config, pipeline, checkpoint, step
+    def main(self) -> int:
+        return run_segment(self)
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -46,7 +53,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def run_segment(args: "Segment") -> int:
+def run_segment(args: Segment) -> int:
     from segsplat_ns.export import write_splat_ply
     from segsplat_ns.segmenter import Segmenter
 
@@ -58,21 +65,11 @@ def run_segment(args: "Segment") -> int:
     if not 0 <= args.camera < len(cameras):
         raise SegsplatError(f"--camera {args.camera} is out of range: the {args.split} split has {len(cameras)} cameras (0..{len(cameras) - 1})")
     camera = cameras[args.camera : args.camera + 1].to(model.device)
-    scale, where = args.scale, f"scale {args.scale:.2f}"
-    if args.level is not None:
-        scale_for_level = getattr(model, "scale_for_level", None)
-        num_levels = int(getattr(model, "num_levels", 0))
-        if scale_for_level is None or not num_levels:
-            raise SegsplatError(f"--level is for methods with discrete levels (binary-gaussian); this run's model "
-                                f"({type(model).__name__}) has a continuous scale: use --scale instead")
-        if not 1 <= args.level <= num_levels:
-            raise SegsplatError(f"--level {args.level} does not exist: this model has levels 1..{num_levels}")
-        scale = scale_for_level(args.level - 1)
-        if scale is None:
-            raise SegsplatError(f"level {args.level} received too few training masks to have learnt groups: "
-                                "choose another --level")
-        where = f"level {args.level} of {num_levels}"
     segmenter = Segmenter(model, threshold=args.threshold)
+    scale = args.scale
+    if args.level is not None:
+        scale = segmenter.scale_for_level(args.level - 1)
+    where = segmenter.describe(scale, None if args.level is None else args.level - 1)
     selection = segmenter.click(camera, [args.pixel], scale)
     if selection.empty:
         print(f"Nothing selected: {selection.message}. No files written.")
@@ -87,7 +84,9 @@ def run_segment(args: "Segment") -> int:
     with torch.no_grad():
         selected = model.render_rgb_subset(camera, selection.gaussian_mask)
     save_png(png, to_uint8(selected))
-    print(f"Selected {count} of {model.num_points} Gaussians ({where}, threshold {args.threshold:.2f}).")
+    if model.wording.uses_threshold:
+        where += f", threshold {args.threshold:.2f}"
+    print(f"Selected {count} of {model.num_points} Gaussians ({where}).")
     print(f"PLY: {output}")
     print(f"PNG: {png}")
 

@@ -18,10 +18,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from segsplat_ns.errors import SegsplatError
+
 LEVEL_FOLDERS = {"object": "objects", "part": "parts"}
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(SegsplatError, ValueError):
     """A ground-truth file exists but cannot be used; the message names the file."""
 
 

@@ -210,9 +210,9 @@ def describe_key_difference(old: Dict[str, Any], new: Dict[str, Any], limit: int
         diffs.append(f"{len(added)} image(s) added (e.g. {added[0]})")
     if removed:
         diffs.append(f"{len(removed)} image(s) removed (e.g. {removed[0]})")
-    for n in new_im:
-        if n in old_im and old_im[n] != new_im[n]:
-            o, w = old_im[n], new_im[n]
+    for n, w in new_im.items():
+        if n in old_im and old_im[n] != w:
+            o = old_im[n]
             what = [f"{f} {o.get(f)} -> {w.get(f)}" for f in ("bytes", "hw") if o.get(f) != w.get(f)]
             diffs.append(f"image {n}: " + ", ".join(what))
     if not diffs and [d["name"] for d in old.get("images", [])] != [d["name"] for d in new.get("images", [])]:

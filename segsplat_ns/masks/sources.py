@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import numpy as np
 import torch
 
+from segsplat_ns.errors import SegsplatError
 from segsplat_ns.io import atomic_open
 
 # The option prefix under which ``MaskSourceConfig`` appears in ``ns-train`` (used in messages only).
@@ -44,7 +45,7 @@ SAM_CHECKPOINT_URLS: Dict[str, str] = {
 MASK_FILE_SUFFIXES = (".pt", ".npy", ".npz")
 
 
-class MaskSourceError(Exception):
+class MaskSourceError(SegsplatError):
     """A mask source cannot produce masks; the message says why and what to do instead."""
 
 
@@ -58,15 +59,11 @@ class MaskSourceConfig:
     """Where the 2D masks that supervise segmentation come from."""
 
     source: Literal["folder", "sam", "classical"] = "folder"
-    """Mask source. 'folder': precomputed masks (SAGA's sam_masks/<image stem>.pt layout, or .npy/.npz);
-    'sam': segment-anything automatic masks (needs a checkpoint: a path, or a one-time download);
-    'classical': weight-free nested superpixels from scikit-image (coarse levels are unions of fine ones)."""
+    """folder: precomputed sam_masks/<stem>.pt|.npy|.npz; sam: SAM automatic masks; classical: nested superpixels."""
     folder: Optional[Path] = None
-    """Folder source: directory holding one mask file per image, <image stem>.pt/.npy/.npz, each a bool
-    or 0/1 array [N, H, W]. Default: <data>/sam_masks."""
+    """Folder source: one bool [N, H, W] file per image, <image stem>.pt/.npy/.npz (default: <data>/sam_masks)."""
     sam_checkpoint: Optional[Path] = None
-    """SAM source: path to the checkpoint (e.g. sam_vit_h_4b8939.pth). Default: the file of that name in
-    $SEGSPLAT_CACHE/sam (or ~/.cache/segsplat_ns/sam), downloaded there once if missing and online."""
+    """SAM source: checkpoint path (default: $SEGSPLAT_CACHE/sam/<official name>, downloaded once when online)."""
     sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
     """SAM source: backbone of the checkpoint."""
     sam_points_per_side: int = 32
@@ -82,9 +79,7 @@ class MaskSourceConfig:
     sam_points_per_batch: int = 64
     """SAM source: prompts decoded at once; lower it if the GPU runs out of memory (does not change the masks)."""
     classical_levels: Tuple[int, ...] = (8, 32, 128)
-    """Classical source: number of superpixels per level, coarse to fine. The finest level is SLIC with
-    that many segments; each coarser level merges adjacent segments of similar colour until it has at
-    most that many, so every coarse mask is an exact union of fine ones."""
+    """Classical source: superpixels per level, coarse to fine (SLIC, then merged: coarse = union of fine)."""
     classical_compactness: float = 10.0
     """Classical source: SLIC compactness (higher: squarer superpixels, lower: closer to colour edges)."""
     classical_min_mask_area: int = 100

@@ -1,15 +1,20 @@
-"""One rasterizer for every renderer of the project.
+"""The exact pure-PyTorch reference rasterizer: gsplat 1.4.0's ``rasterization`` on any device, in plain PyTorch.
 
-:func:`rasterize` has the signature and the outputs of ``gsplat.rasterization`` (gsplat 1.4.0):
+:func:`rasterize_torch_reference` is what :func:`segsplat_ns.rendering.rasterize` runs for CPU tensors. It is
+the *reference* implementation: exact (it reproduces gsplat's decisions: which Gaussian touches which pixel, in
+which order, where a pixel stops), checked against an independent brute-force per-pixel renderer and with
+``torch.autograd.gradcheck`` in float64 (``tests/test_rendering.py``), and deliberately simple rather than fast:
+it is **not tiled**: it enumerates every contributing (pixel, Gaussian) pair of all cameras at once and
+composites them with segmented cumulative sums, instead of working tile by tile as gsplat's kernels do. Memory
+and time grow with the number of pairs. A faster tiled CPU rasterizer is a separate, planned piece of work; it
+would be tested against this one.
 
-* CUDA tensors are handed to ``gsplat.rasterization`` unchanged (gsplat is imported lazily there).
-* CPU tensors go to a pure-PyTorch implementation with gsplat's semantics (see below), which is
-  differentiable w.r.t. means, quats, scales, opacities, colors (and backgrounds) through autograd,
-  works in float32 and float64, renders features of any width and fills the ``info`` dict that
-  gsplat's ``DefaultStrategy`` and nerfstudio's splatfacto read (``means2d`` with ``.grad`` /
-  ``.absgrad``, ``radii``, ``width``, ``height``, ``n_cameras``, ...).
+It is differentiable w.r.t. means, quats, scales, opacities, colors (and backgrounds) through autograd, works in
+float32 and float64, renders features of any width and fills the ``info`` dict that gsplat's
+``DefaultStrategy`` and nerfstudio's splatfacto read (``means2d`` with ``.grad`` / ``.absgrad``, ``radii``,
+``width``, ``height``, ``n_cameras``, ...).
 
-Semantics matched on CPU (from gsplat 1.4.0's CUDA kernels ``fully_fused_projection_fwd``,
+Semantics matched (from gsplat 1.4.0's CUDA kernels ``fully_fused_projection_fwd``,
 ``isect_tiles`` and ``rasterize_to_pixels_fwd``):
 
 * quaternions (wxyz) are normalised; covariance ``R S S R^T``; world->camera with ``viewmats``;
@@ -45,77 +50,13 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["rasterize"]
+__all__ = ["rasterize_torch_reference"]
 
 _ALPHA_MIN = 1.0 / 255.0
 _ALPHA_MAX = 0.999
 _T_STOP = 1e-4
 # elements of one [pairs x channels] temporary in the colour accumulation
 _CHUNK_ELEMS = 1 << 22
-
-
-def rasterize(
-    means: Tensor,  # [N, 3]
-    quats: Tensor,  # [N, 4]
-    scales: Tensor,  # [N, 3]
-    opacities: Tensor,  # [N]
-    colors: Tensor,  # [(C,) N, D] or [(C,) N, K, 3]
-    viewmats: Tensor,  # [C, 4, 4]
-    Ks: Tensor,  # [C, 3, 3]
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    packed: bool = False,
-    tile_size: int = 16,
-    backgrounds: Optional[Tensor] = None,
-    render_mode: str = "RGB",
-    sparse_grad: bool = False,
-    absgrad: bool = False,
-    rasterize_mode: str = "classic",
-    **kwargs,
-) -> Tuple[Tensor, Tensor, Dict]:
-    """Rasterize 3D Gaussians into C images; same arguments and outputs as ``gsplat.rasterization``.
-
-    Returns ``(render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info)``.
-    CUDA inputs run gsplat itself; CPU inputs run the pure-PyTorch path (``packed=False`` only).
-    """
-    if means.is_cuda:
-        import gsplat  # lazy: only the GPU path needs the compiled extension
-
-        return gsplat.rasterization(
-            means=means,
-            quats=quats,
-            scales=scales,
-            opacities=opacities,
-            colors=colors,
-            viewmats=viewmats,
-            Ks=Ks,
-            width=width,
-            height=height,
-            near_plane=near_plane,
-            far_plane=far_plane,
-            radius_clip=radius_clip,
-            eps2d=eps2d,
-            sh_degree=sh_degree,
-            packed=packed,
-            tile_size=tile_size,
-            backgrounds=backgrounds,
-            render_mode=render_mode,
-            sparse_grad=sparse_grad,
-            absgrad=absgrad,
-            rasterize_mode=rasterize_mode,
-            **kwargs,
-        )
-    return _rasterize_torch(
-        means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
-        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
-        sh_degree=sh_degree, packed=packed, tile_size=tile_size, backgrounds=backgrounds,
-        render_mode=render_mode, absgrad=absgrad, rasterize_mode=rasterize_mode, **kwargs,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,16 +303,42 @@ def _isect_info(depths, tx0, ty0, tx1, ty1, C, N, tile_width, tile_height):
 
 
 # --------------------------------------------------------------------------------------------
-# CPU rasterization
+# the reference rasterizer
 # --------------------------------------------------------------------------------------------
 
 
-def _rasterize_torch(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    radius_clip, eps2d, sh_degree, packed, tile_size, backgrounds, render_mode, absgrad,
-    rasterize_mode, channel_chunk: int = 32, distributed: bool = False,
-    camera_model: str = "pinhole", covars: Optional[Tensor] = None,
-):
+def rasterize_torch_reference(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [(C,) N, D] or [(C,) N, K, 3]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    packed: bool = False,
+    tile_size: int = 16,
+    backgrounds: Optional[Tensor] = None,
+    render_mode: str = "RGB",
+    absgrad: bool = False,
+    rasterize_mode: str = "classic",
+    channel_chunk: int = 32,
+    distributed: bool = False,
+    camera_model: str = "pinhole",
+    covars: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Dict]:
+    """gsplat 1.4.0's ``rasterization`` (``packed=False``, pinhole) in plain PyTorch, on the inputs' device.
+
+    Returns ``(render_colors [C, H, W, D'], render_alphas [C, H, W, 1], info)``. ``channel_chunk`` is accepted
+    for gsplat's signature and unused (every channel is rendered in one pass).
+    """
+    width, height = int(width), int(height)
     if packed:
         raise NotImplementedError(
             "segsplat_ns.rendering.rasterize: packed=True is only available on CUDA (gsplat); "

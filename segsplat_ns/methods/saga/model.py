@@ -4,13 +4,13 @@
 - a scale gate S(s) = sigmoid(Linear(1, D)) applied to rendered features (Eq. 5) and, at inference, to the
   per-Gaussian features (Eq. 3);
 - scale-aware contrastive training on SAM mask pairs (Eq. 6-9), feature-norm regulariser (Eq. 11), local kNN
-  feature smoothing (Sec. 3.3), and the pair resampling/re-weighting of Sec. 3.4 (see ``saga_loss``);
-- inference: click + scale -> cosine similarity of gated features > threshold; HDBSCAN decomposition.
+  feature smoothing (Sec. 3.3), and the pair resampling/re-weighting of Sec. 3.4 (see :mod:`.loss`);
+- inference: click + scale -> cosine similarity of gated features > threshold (:mod:`.scoring`); HDBSCAN
+  decomposition.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Type
 
@@ -19,80 +19,16 @@ import torch.nn.functional as F
 from torch.nn import Parameter
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.contract import LatencyProbe
 from segsplat_ns.masks.sampling import mask_balanced_pixels
-from segsplat_ns.methods.saga_loss import (
-    ScaleGate,
-    knn_indices,
-    knn_smooth,
-    saga_loss,
-    sample_training_scales,
-)
+from segsplat_ns.methods.common.knn import knn_indices, knn_smooth
+from segsplat_ns.methods.common.memo import InferenceMemo
+from segsplat_ns.methods.common.scale_gate import ScaleGate
+from segsplat_ns.methods.saga import scoring
+from segsplat_ns.methods.saga.loss import saga_loss, sample_training_scales
+from segsplat_ns.methods.saga.scoring import AffinityScorer
 
-
-def direct_scores(features: torch.Tensor, gate: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """The authors' way: gate every fp32 feature, normalise, cosine against the (gated, unit) queries: [N].
-
-    Kept as the reference the fast path is measured and tested against.
-    """
-    gated = F.normalize(features * gate, dim=-1)
-    return (gated @ queries.T).amax(dim=-1)
-
-
-class AffinityScorer:
-    """Per-Gaussian affinity to click queries at a scale, fast, with the fp32 answer at the threshold.
-
-    A click reads every Gaussian's feature, so its cost is memory traffic. The gated, normalised features of a
-    scale are computed once (one pass over the fp32 features) and kept in bfloat16, half the bytes, for the few
-    most recent scales; a click at a kept scale is then one [N, D] x [D, K] product. bfloat16 rounding moves a
-    cosine by at most ``BF16_COSINE_ERROR``; Gaussians that close to the threshold are scored again in fp32, so
-    ``scores > threshold`` is the fp32 selection exactly.
-    """
-
-    BF16_COSINE_ERROR = 2.0**-6
-    """Bound on |bf16 cosine - fp32 cosine| for unit vectors (8-bit mantissas: ~2^-8 per vector, with margin)."""
-    BF16_FROM = 65536
-    """Below this many Gaussians the features fit in the CPU caches, where fp32 is faster: they stay fp32."""
-
-    def __init__(self, features: torch.Tensor, gate: ScaleGate, cached_scales: int = 4):
-        self.features = features  # [N, D] fp32 unit vectors (after smoothing)
-        self.gate = gate
-        self.cached_scales = cached_scales
-        self._gated: "OrderedDict[float, torch.Tensor]" = OrderedDict()
-
-    def gate_at(self, scale: float) -> torch.Tensor:
-        return self.gate(torch.tensor([float(scale)], device=self.features.device, dtype=torch.float32))[0]
-
-    @torch.no_grad()
-    def gated_features(self, scale: float) -> torch.Tensor:
-        """S(s) * f_g, unit-normalised, in bfloat16 (fp32 below ``BF16_FROM`` Gaussians): [N, D], once per kept scale."""
-        key = float(scale)
-        if key in self._gated:
-            self._gated.move_to_end(key)
-            return self._gated[key]
-        gated = F.normalize(self.features * self.gate_at(key), dim=-1)
-        if gated.shape[0] >= self.BF16_FROM:
-            gated = gated.to(torch.bfloat16)
-        self._gated[key] = gated
-        while len(self._gated) > self.cached_scales:
-            self._gated.popitem(last=False)
-        return gated
-
-    @torch.no_grad()
-    def scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
-        """Max cosine to the queries [K, D] (gated, unit) for every Gaussian: [N] fp32.
-
-        With ``exact_near=t``, scores within the bf16 error of t are recomputed in fp32, so thresholding at t
-        gives the fp32 selection.
-        """
-        gated = self.gated_features(scale)
-        products = gated @ queries.to(gated.dtype).T  # [N, K]: the one pass over the features
-        scores = (products.reshape(-1) if products.shape[1] == 1 else products.amax(dim=-1)).float()
-        if exact_near is not None and gated.dtype == torch.bfloat16:
-            low, high = float(exact_near) - self.BF16_COSINE_ERROR, float(exact_near) + self.BF16_COSINE_ERROR
-            near = torch.nonzero((scores >= low) & (scores <= high)).reshape(-1)
-            if near.numel() > 0:
-                scores[near] = direct_scores(self.features[near], self.gate_at(scale), queries.float())
-        return scores
+__all__ = ["SagaModel", "SagaModelConfig"]
 
 
 @dataclass
@@ -105,9 +41,7 @@ class SagaModelConfig(SegSplatModelConfig):
     num_sampled_pixels: int = 1000
     """|delta(I)|: pixels sampled per image for the pairwise loss (authors' scripts: 1000 rays)."""
     num_mask_balanced_pixels: int = 0
-    """Of the |delta(I)| pixels, how many to draw from masks chosen uniformly at random (Binary-Gaussian's
-    mask-balanced sampling) instead of uniformly over the image. SAGA samples uniformly (0); small parts then get
-    few samples per step, which its pair re-weighting only partly offsets."""
+    """Of the |delta(I)| pixels, how many come from randomly chosen masks (mask-balanced sampling, ours; paper: 0)."""
     num_balanced_masks: int = 16
     """Masks drawn per image when num-mask-balanced-pixels > 0; the balanced pixels are split evenly over them."""
     num_random_scales: int = 8
@@ -131,7 +65,7 @@ class SagaModel(SegSplatModel):
     def populate_method_modules(self) -> None:
         self.scale_gate = ScaleGate(self.config.feature_dim)
         self._neighbours: Optional[torch.Tensor] = None
-        self._inference_cache: Dict[str, torch.Tensor] = {}
+        self._memo = InferenceMemo()
 
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"scale_gate": list(self.scale_gate.parameters())}
@@ -142,7 +76,7 @@ class SagaModel(SegSplatModel):
         count = self.num_points
         if self._neighbours is None or self._neighbours.shape[0] != count:
             self._neighbours = knn_indices(self.means.detach(), self.config.smooth_k).to(self.device)
-            self._inference_cache.clear()
+            self._memo.clear()
         return self._neighbours
 
     def smoothed_features(self, training: bool) -> torch.Tensor:
@@ -158,20 +92,14 @@ class SagaModel(SegSplatModel):
             return self.smoothed_features(training=True)
         return self._cached("features", lambda: self.smoothed_features(training=False))
 
-    def _cached(self, key: str, compute) -> torch.Tensor:
+    def _cached(self, key: str, compute):
         # inference reuses the smoothed features until the parameters change (viewer during training)
-        version = (self.gauss_params[self.feature_key]._version, self.num_points)
-        if self._inference_cache.get("version") != version:
-            self._inference_cache = {"version": version}
-        if key not in self._inference_cache:
-            with torch.no_grad():
-                self._inference_cache[key] = compute()
-        return self._inference_cache[key]
+        return self._memo.get((self.gauss_params[self.feature_key]._version, self.num_points), key, compute)
 
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
         super().load_state_dict(dict, **kwargs)
         self._neighbours = None
-        self._inference_cache = {}
+        self._memo.clear()
 
     # ---- training -----------------------------------------------------------------------------------
     def feature_loss_dict(self, outputs: Dict[str, torch.Tensor], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -203,7 +131,7 @@ class SagaModel(SegSplatModel):
         )
         return {"correspondence_loss": terms["saga_contrastive"], "feature_norm_loss": terms["saga_feature_norm"]}
 
-    # ---- inference (the segmenter's interface) -----------------------------------------------------
+    # ---- inference (the method contract) ------------------------------------------------------------
     def affinity_scorer(self) -> AffinityScorer:
         def build() -> AffinityScorer:
             # the deterministic (no neighbour dropout) features, also while the viewer runs during training
@@ -237,4 +165,19 @@ class SagaModel(SegSplatModel):
 
     @torch.no_grad()
     def decomposition_features(self, scale: float) -> torch.Tensor:
+        """S(s) * f_g, unit-normalised: HDBSCAN clusters these into the decomposition at a scale."""
         return self.gated_gaussian_features(scale)
+
+    # ---- tooling (the method contract) ------------------------------------------------------------
+    @classmethod
+    def cpu_training_args(cls, tiny: bool = False) -> List[str]:
+        if tiny:
+            # the test suite's 48-pixel scenes: 256 uniform pixels per step keep a step short
+            return ["--pipeline.model.num-sampled-pixels", "256"]
+        # the demo's CPU settings: 512 pixels per step, half of them mask-balanced (see docs/saga.md)
+        return ["--pipeline.model.num-sampled-pixels", "512", "--pipeline.model.num-mask-balanced-pixels", "256"]
+
+    @classmethod
+    def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> Optional[LatencyProbe]:
+        """Direct fp32 (the authors' way, the reference), our new-scale and same-scale clicks (:mod:`.scoring`)."""
+        return scoring.latency_probe(num, dim, threshold, generator)

@@ -1,0 +1,143 @@
+"""The method contract: everything a segsplat method declares and supplies to the shared layers.
+
+The segmenter, viewer, CLI, evaluation and benchmarks read a method only through this class (which
+``SegSplatModel`` inherits): no shared module names a method or probes a model with ``getattr``. Optional hooks
+have defaults that say "not supported" (:class:`~segsplat_ns.errors.NotSupported`), so a method overrides only
+what its paper answers. No nerfstudio imports: the contract is plain Python and torch.
+
+Hooks, by who calls them:
+
+=========================  ===============================================================================
+``granularity``            property: a continuous scale in [0, 1] or L discrete levels
+``score_kind``             class attribute: "affinity" (float scores, thresholded) or "selection" (bool)
+``wording``                class attribute: the method's user-facing phrases (:class:`Wording`)
+``prompt_query``           click pixels of a rendered feature map -> queries (segmenter)
+``gaussian_scores``        queries -> every Gaussian's score (segmenter; the per-Gaussian cost of a click)
+``scale_for_level``        a level -> a scale inside its range (levels only; viewer, CLI)
+``labels_at_scale``        every Gaussian's discrete label, or None to cluster ``decomposition_features``
+``decomposition_features`` per-Gaussian vectors HDBSCAN clusters into a decomposition
+``cpu_training_args``      classmethod: ns-train flags that size a run for a CPU (bench, demo, tests)
+``latency_probe``          classmethod: the method's fast scoring path on synthetic data (bench-latency)
+=========================  ===============================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, List, Literal, Optional, Tuple
+
+import torch
+
+from segsplat_ns.errors import NotSupported
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """How a method's prompts are sized: a continuous scale in [0, 1], or ``num_levels`` discrete levels
+    (level 1 coarsest); levels are still passed to the segmenter as a scale inside the level's range."""
+
+    kind: Literal["scale", "levels"] = "scale"
+    num_levels: int = 0
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind == "levels"
+
+    def level_label(self, level: int) -> str:
+        """The user-facing name of a 0-based level: 'level 1 (coarsest)' ... 'level L (finest)'."""
+        suffix = " (coarsest)" if level == 0 else " (finest)" if level == self.num_levels - 1 else ""
+        return f"level {level + 1}{suffix}"
+
+
+CONTINUOUS_SCALE = Granularity("scale")
+
+
+@dataclass(frozen=True)
+class Wording:
+    """The phrases shared layers show for a method (``{threshold}`` is filled in where it appears)."""
+
+    nothing_selected: str = "no Gaussian passes threshold {threshold:.2f}: lower it"
+    """Why a click on an object selected nothing."""
+    level_hint: str = ""
+    """The viewer's hint for the Level selector (methods with levels)."""
+    uses_threshold: bool = True
+    """Whether the threshold slider changes the selection."""
+
+
+@dataclass
+class LatencyProbe:
+    """A method's fast scoring path on ``num`` synthetic Gaussians, for ``segsplat bench-latency``.
+
+    ``cases`` maps a column name (e.g. "new scale", "same scale") to a zero-argument callable that performs one
+    click's per-Gaussian work (the bench times it, synchronising the device after each call); ``selected`` is how
+    many Gaussians the probe's click selects (a sanity column). The probe's tensors live on the device of the
+    generator it was given.
+    """
+
+    name: str
+    cases: Dict[str, Callable[[], object]]
+    selected: int
+    reference: Optional[str] = None
+    """The case that is the paper authors' way, if the probe includes one (ratios are reported against it)."""
+    bytes_read: Dict[str, int] = field(default_factory=dict)
+    """Bytes a click must read at least, by label (e.g. "fp32", "stored"): each gives a bandwidth bound."""
+    facts: Dict[str, object] = field(default_factory=dict)
+    """Other things the probe reports, by column name (e.g. the stored dtype, differences from the reference)."""
+
+
+class MethodContract:
+    """What every segsplat method declares (class attributes) and supplies (methods). See the module docstring."""
+
+    score_kind: ClassVar[Literal["affinity", "selection"]] = "affinity"
+    wording: ClassVar[Wording] = Wording()
+
+    @property
+    def granularity(self) -> Granularity:
+        """A continuous scale (default), or the number of discrete levels this model was trained with."""
+        return CONTINUOUS_SCALE
+
+    # ---- inference --------------------------------------------------------------------------------------
+    def prompt_query(self, feature_map: torch.Tensor, pixels: torch.Tensor, scale: float) -> torch.Tensor:
+        """Queries for click pixels [K, 2] (x, y) of a rendered feature map [H, W, C] at a scale: [K, ...]."""
+        raise NotSupported(f"{type(self).__name__} does not answer click prompts")
+
+    def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
+        """Every Gaussian's score for the queries: float [N] (exact where it decides ``> exact_near``) for
+        ``score_kind == "affinity"``, bool [N] (the selection itself) for ``"selection"``."""
+        raise NotSupported(f"{type(self).__name__} does not answer click prompts")
+
+    def scale_for_level(self, level: int) -> Optional[float]:
+        """A scale in [0, 1] inside 0-based ``level``'s range; None when the level has no range."""
+        raise NotSupported(f"{type(self).__name__} has a continuous scale, not levels: use a scale in [0, 1]")
+
+    def labels_at_scale(self, scale: float) -> Optional[torch.Tensor]:
+        """Every Gaussian's segment label at a scale (long [N], 0..K-1 by decreasing size), or None when the
+        method's decomposition is a clustering of :meth:`decomposition_features`."""
+        return None
+
+    def decomposition_features(self, scale: float) -> torch.Tensor:
+        """Per-Gaussian vectors [N, C] whose clusters are the segments at a scale."""
+        raise NotSupported(f"{type(self).__name__} does not decompose the scene")
+
+    # ---- tooling ---------------------------------------------------------------------------------------
+    @classmethod
+    def cpu_training_args(cls, tiny: bool = False) -> List[str]:
+        """ns-train flags (the method's own, beyond the shared schedule) that size a feature stage for a CPU:
+        ``tiny`` for the test suite's 48-pixel scenes, else the bench's 96-pixel ones."""
+        return []
+
+    @classmethod
+    def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> Optional[LatencyProbe]:
+        """The method's click scoring path on ``num`` synthetic Gaussians, or None if it has none to time."""
+        return None
+
+
+def describe_scale(granularity: Granularity, scale: float, level: Optional[int]) -> str:
+    """How a prompt's size is shown: 'scale 0.62' or 'level 2 of 3'."""
+    if level is None:
+        return f"scale {scale:.2f}"
+    return f"level {level + 1} of {granularity.num_levels}"
+
+
+__all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "Wording", "LatencyProbe", "MethodContract",
+                            "describe_scale", "NotSupported")
