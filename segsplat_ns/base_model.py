@@ -27,7 +27,6 @@ from torch.nn import Parameter
 
 from segsplat_ns.compat.splatfacto import GEOMETRY_KEYS, CpuSplatfactoModel, load_splatfacto_gaussians, sh_degree_of
 from segsplat_ns.contract import MethodContract
-from segsplat_ns.rendering import rasterize
 
 NUM_SCALE_QUANTILES = 1001
 
@@ -148,20 +147,9 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         geometry = self.geometry(crop_ids, detach=True)
         if crop_ids is not None:
             colors = colors[crop_ids]
-        render, alpha, _ = rasterize(
-            colors=colors,
-            viewmats=viewmat,
-            Ks=K,
-            width=width,
-            height=height,
-            packed=False,
-            near_plane=0.01,
-            far_plane=1e10,
-            render_mode="RGB",
-            sh_degree=None,
-            rasterize_mode=self.config.rasterize_mode,
-            backgrounds=None if background is None else background[None],
-            **geometry,
+        backgrounds = None if background is None else background[None]
+        render, alpha, _ = self.rasterize_view(
+            colors, viewmat, K, width, height, geometry, render_mode="RGB", sh_degree=None, backgrounds=backgrounds
         )
         return render[0], alpha[0]
 

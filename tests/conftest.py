@@ -27,8 +27,7 @@ def run(args, cwd, env_extra=None, timeout=900):
     return subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_args(scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS,
-               method: str = METHODS[0]):
+def train_args(method: str, scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS):
     """ns-train flags of a tiny CPU run: the shared small-scene schedule plus the method's own tiny-run flags."""
     return [
         str(BIN / "ns-train"), method, "--data", str(scene), "--output-dir", "runs", "--experiment-name", name,
@@ -63,7 +62,7 @@ def train_run(workdir, scene) -> Callable[[str], Path]:
     def train(method: str) -> Path:
         if method not in runs:
             name = f"tiny-{method}"
-            result = run(train_args(scene, name, method=method), cwd=workdir)
+            result = run(train_args(method, scene, name), cwd=workdir)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
             config = workdir / "runs" / name / method / "t" / "config.yml"
             assert config.exists()

@@ -99,14 +99,14 @@ def test_segment_bad_input_gives_clear_message(trained, workdir, extra, code, me
 
 
 def test_ns_train_missing_data_is_a_clear_error(workdir):
-    result = run(train_args(workdir / "no-such-scene", "missing"), cwd=workdir)
+    result = run(train_args("saga", workdir / "no-such-scene", "missing"), cwd=workdir)
     assert result.returncode != 0
     assert "does not exist" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_ns_train_sam_offline_without_checkpoint_names_alternatives(workdir, scene, tmp_path):
-    result = run(train_args(scene, "nosam") + ["--pipeline.datamanager.masks.source", "sam"], cwd=workdir,
+    result = run(train_args("saga", scene, "nosam") + ["--pipeline.datamanager.masks.source", "sam"], cwd=workdir,
                  env_extra={"SEGSPLAT_CACHE": str(tmp_path)})
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -116,7 +116,7 @@ def test_ns_train_sam_offline_without_checkpoint_names_alternatives(workdir, sce
 
 def test_resume_restores_features_and_gate(trained, workdir, scene):
     before = torch.load(checkpoint_of(trained), map_location="cpu", weights_only=False)["pipeline"]
-    args = train_args(scene, "resumed")
+    args = train_args("saga", scene, "resumed")
     args[args.index("--max-num-iterations") + 1] = "20"  # nerfstudio counts iterations from the loaded step
     args += ["--load-dir", str(trained.parent / "nerfstudio_models")]
     result = run(args, cwd=workdir)
@@ -141,7 +141,7 @@ def test_init_from_splatfacto_skips_stage_one(trained, workdir, scene):
     splatfacto_dir = workdir / "splatfacto" / "nerfstudio_models"
     splatfacto_dir.mkdir(parents=True)
     torch.save(state, splatfacto_dir / "step-000000299.ckpt")
-    args = train_args(scene, "initfrom", rgb_steps=RGB_STEPS, feature_steps=0)
+    args = train_args("saga", scene, "initfrom", rgb_steps=RGB_STEPS, feature_steps=0)
     args[args.index("--max-num-iterations") + 1] = "30"
     args += ["--pipeline.model.init-from", str(splatfacto_dir)]
     result = run(args, cwd=workdir)
@@ -171,7 +171,7 @@ def test_rgb_stage_reaches_25_db_on_the_default_scene(tmp_path):
 
     scene = make_scene(SceneConfig(output=tmp_path / "scene"))
     steps = 1000
-    args = train_args(scene, "rgbonly", rgb_steps=steps, feature_steps=0)
+    args = train_args("saga", scene, "rgbonly", rgb_steps=steps, feature_steps=0)
     result = run(args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = tmp_path / "eval.json"

@@ -204,6 +204,31 @@ class CpuSplatfactoModel(SplatfactoModel):
         geometry["opacities"] = torch.sigmoid(geometry["opacities"]).squeeze(-1)
         return geometry
 
+    def rasterize_view(
+        self,
+        colors: torch.Tensor,
+        viewmat: torch.Tensor,
+        K: torch.Tensor,
+        width: int,
+        height: int,
+        geometry: Dict[str, torch.Tensor],
+        **options: Any,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+        """:func:`rasterize` with splatfacto's fixed settings (unpacked, near 0.01, far 1e10, its rasterize mode)."""
+        return rasterize(
+            colors=colors,
+            viewmats=viewmat,
+            Ks=K,
+            width=width,
+            height=height,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            rasterize_mode=self.config.rasterize_mode,
+            **geometry,
+            **options,
+        )
+
     def render_rgb(self, camera: Cameras, crop_ids: Optional[torch.Tensor], final: bool) -> Dict[str, Any]:
         """splatfacto's RGB (+ expected depth) render. ``final``: past the schedule (full resolution, every SH
         degree), as after the RGB stage; otherwise splatfacto's downscale and SH warm-up at ``self.step``."""
@@ -223,22 +248,10 @@ class CpuSplatfactoModel(SplatfactoModel):
             colors = torch.sigmoid(colors).squeeze(1)
             sh_degree = None
         render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
-        render, alpha, info = rasterize(
-            colors=colors,
-            viewmats=viewmat,
-            Ks=K,
-            width=width,
-            height=height,
-            packed=False,
-            near_plane=0.01,
-            far_plane=1e10,
-            render_mode=render_mode,
-            sh_degree=sh_degree,
-            sparse_grad=False,
-            absgrad=self.strategy.absgrad,
-            rasterize_mode=self.config.rasterize_mode,
-            **geometry,
-        )
+        render, alpha, info = self.rasterize_view(
+            colors, viewmat, K, width, height, geometry,
+            render_mode=render_mode, sh_degree=sh_degree, sparse_grad=False, absgrad=self.strategy.absgrad,
+        )  # fmt: skip
         if self.training:
             self.info = info
             self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, info)

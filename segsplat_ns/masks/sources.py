@@ -359,7 +359,7 @@ def resolve_sam_checkpoint(model_type: str, checkpoint: Optional[Path] = None) -
 
 
 class SamMaskSource(MaskSource):
-    """segment-anything's ``SamAutomaticMaskGenerator`` (defaults: SAGA's settings, prior-art §2.1)."""
+    """segment-anything's ``SamAutomaticMaskGenerator`` (defaults: SAGA's settings, as in its authors' extraction script)."""
 
     name = "sam"
 

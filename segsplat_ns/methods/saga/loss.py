@@ -2,7 +2,7 @@
 
 Paper: Cen et al., "Segment Any 3D Gaussians" (AAAI-25), Sections 3.3-3.4, Eq. 3-12 and appendix A.1
 (resampling / re-weighting). Authors' code: ``Jumpat/SegAnyGAussians`` branch ``v2``,
-``train_contrastive_feature.py`` (summarised in ``shared/research/prior-art.md`` section 2.1).
+``train_contrastive_feature.py``.
 
 One training step of the SAGA model, in terms of this module (``knn_indices`` / ``knn_smooth`` are in
 ``segsplat_ns.methods.common.knn``, the gate ``ScaleGate`` in ``segsplat_ns.methods.common.scale_gate``)::
@@ -59,7 +59,7 @@ def pixel_identity_vectors(membership: Tensor, mask_scales: Tensor, s: Union[flo
     mask below s keeps its plain membership ("if a pixel belongs to a specific mask at a given
     scale, it will continue to belong to that mask at larger scales").
 
-    Paper vs code: prior-art.md says "the GT correlation at scale s only counts masks with scale >= s".
+    Paper vs code: a summary of the code reads "the GT correlation at scale s only counts masks with scale >= s".
     The v2 code (as copied in yzslab/gaussian-splatting-lightning ``internal/segany_splatting.py``)
     builds ``gt_vec[:si+1]`` (masks >= s) with the smallest-claims rule and then sets
     ``gt_vec[si+1:] = masks`` (the masks < s), which is exactly Eq. 6; the ">= s" remark only
