@@ -1,9 +1,11 @@
-"""FullImageDatamanager plus 2D masks, their 3D scales and (when the dataset has them) ground-truth masks.
+"""FullImageDatamanager plus 2D masks, their 3D scales, CLIP features and (when the dataset has them) ground truth.
 
 Masks come from a mask source through the on-disk cache; they are extracted when the feature stage begins
 (after stage one, as GARField does), since their 3D scales need the RGB splat's depth anyway. Each training batch
 then carries ``masks`` [M, H, W] (bool) and ``mask_scales`` [M] (quantile-normalised to [0, 1]) for its image,
-looked up by ``camera.metadata["cam_idx"]``.
+looked up by ``camera.metadata["cam_idx"]``. With a language source (``--pipeline.datamanager.language.source``)
+each batch also carries ``language``: that image's per-level mask-index maps and per-mask CLIP features
+(:class:`segsplat_ns.language.features.LanguageRecord`), loaded from their cache when the feature stage begins.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
 from segsplat_ns.eval.ground_truth import GroundTruth, load_ground_truth
+from segsplat_ns.language.sources import LanguageSourceConfig
 from segsplat_ns.masks.cache import MaskCache
 from segsplat_ns.masks.sources import MaskSourceConfig
 
@@ -35,8 +38,10 @@ class SegSplatDataManagerConfig(FullImageDatamanagerConfig):
     cache_images_type: Literal["uint8", "float32"] = "uint8"
     masks: MaskSourceConfig = field(default_factory=MaskSourceConfig)
     """Where the 2D multi-granularity masks come from (SAM, a folder of precomputed masks, or superpixels)."""
+    language: LanguageSourceConfig = field(default_factory=LanguageSourceConfig)
+    """Per-mask CLIP features for text prompts: none, clip (on the masks above, cached) or a LangSplat-layout folder."""
     cache_dir: Optional[Path] = None
-    """Folder for the mask cache (default: <data>/segsplat_cache). Safe to delete: it is recomputed."""
+    """Folder for the mask and language caches (default: <data>/segsplat_cache). Safe to delete: it is recomputed."""
 
 
 class SegSplatDataManager(FullImageDatamanager):
@@ -62,6 +67,8 @@ class SegSplatDataManager(FullImageDatamanager):
             )
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
         self.train_masks: Optional[Sequence[torch.Tensor]] = None
+        self.train_language = None
+        self._mask_source = None
         self.train_mask_scales: Optional[List[torch.Tensor]] = None
         self._eval_ground_truth: Optional[GroundTruth] = None
         self._eval_ground_truth_loaded = False
@@ -83,14 +90,43 @@ class SegSplatDataManager(FullImageDatamanager):
     def load_train_masks(self) -> Sequence[torch.Tensor]:
         """2D masks of every training image, from the cache or the mask source (slow for SAM: progress bar)."""
         if self.train_masks is None:
-            source = self.config.masks.setup(self.data_dir, device=str(self.device))
             cache = MaskCache(self.mask_cache_dir)
-            paths = [Path(p) for p in self.train_dataset.image_filenames]
-            sizes = [tuple(self.cached_train[i]["image"].shape[:2]) for i in range(len(paths))]
+            paths, sizes = self._train_paths_and_sizes()
             # lazy: masks stay bit-packed in memory and one image is decoded per training step
-            masks = cache.load_or_compute(source, paths, self.train_image_uint8, image_sizes=sizes, lazy=True)
+            masks = cache.load_or_compute(self.mask_source(), paths, self.train_image_uint8, image_sizes=sizes, lazy=True)
             self.train_masks = masks
         return self.train_masks
+
+    def mask_source(self):
+        """The configured mask source, set up once."""
+        if self._mask_source is None:
+            self._mask_source = self.config.masks.setup(self.data_dir, device=str(self.device))
+        return self._mask_source
+
+    def _train_paths_and_sizes(self) -> Tuple[List[Path], List[Tuple[int, int]]]:
+        paths = [Path(p) for p in self.train_dataset.image_filenames]
+        sizes = [tuple(self.cached_train[i]["image"].shape[:2]) for i in range(len(paths))]
+        return paths, sizes
+
+    def load_train_language(self):
+        """Per-image CLIP index maps and features of every training image (None with language source none), from
+        their cache or computed (clip source: on this datamanager's masks; progress bar)."""
+        language = self.config.language
+        if self.train_language is None and language.source != "none":
+            paths, sizes = self._train_paths_and_sizes()
+            masks_for = masks_key = None
+            if language.source == "clip":
+                masks = self.load_train_masks()
+                masks_key = self.mask_source().cache_key()
+
+                def masks_for(index: int) -> torch.Tensor:
+                    return masks[index]
+
+            self.train_language = language.load(
+                self.data_dir, paths, self.train_image_uint8, image_sizes=sizes, masks_for=masks_for,
+                masks_key=masks_key, cache_dir=self.mask_cache_dir,
+            )  # fmt: skip
+        return self.train_language
 
     def set_mask_scales(self, scales: List[torch.Tensor]) -> None:
         """Quantile-normalised 3D scales, one [M_i] tensor per training image."""
@@ -107,6 +143,8 @@ class SegSplatDataManager(FullImageDatamanager):
             index = camera.metadata["cam_idx"]
             data["masks"] = self.train_masks[index]
             data["mask_scales"] = self.train_mask_scales[index]
+            if self.train_language is not None:
+                data["language"] = self.train_language[index]
         return camera, data
 
     def eval_ground_truth(self) -> Optional[GroundTruth]:

@@ -46,6 +46,7 @@ class SegSplatPipeline(VanillaPipeline):
             super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
             if test_mode == "val":
                 config.datamanager.masks.check_available(self.datamanager.data_dir)
+                config.datamanager.language.check_available(self.datamanager.data_dir)
         except user_error_types() as error:
             raise SystemExit(f"error: {error}") from None  # a clear line from inside ns-train, not a traceback
         from segsplat_ns.viewer import SegmentationControls
@@ -63,8 +64,10 @@ class SegSplatPipeline(VanillaPipeline):
 
     @torch.no_grad()
     def prepare_feature_stage(self) -> None:
-        """Extract (or load cached) 2D masks and measure each mask's 3D scale with the RGB splat's depth."""
+        """Extract (or load cached) 2D masks (and CLIP features, with a language source) and measure each mask's 3D
+        scale with the RGB splat's depth."""
         masks = self.datamanager.load_train_masks()
+        self.datamanager.load_train_language()  # None unless a language source is configured
         cameras = self.datamanager.train_dataset.cameras
         was_training = self.model.training
         self.model.eval()
