@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -42,6 +41,7 @@ from segsplat_ns.language.features import (
     record_paths,
     write_record,
 )
+from segsplat_ns.masks.cache import image_entries, key_hash
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,38 +59,12 @@ class LanguageCacheWarning(UserWarning):
 # --------------------------------------------------------------------------------------------------
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def key_hash(key: Dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(key).encode()).hexdigest()
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def image_entries(image_paths: Sequence[Path], image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
-    """``[{"name", "bytes", "hw"}]``: names relative to the images' common folder (as the mask cache keys them)."""
-    paths = [Path(p).absolute() for p in image_paths]
-    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path(".")
-    out = []
-    for p, hw in zip(paths, image_sizes):
-        try:
-            size = p.stat().st_size
-        except OSError:
-            size = -1
-        try:
-            name = p.relative_to(root).as_posix()
-        except ValueError:
-            name = p.name
-        out.append({"name": name, "bytes": size, "hw": [int(hw[0]), int(hw[1])]})
-    return out
 
 
 def entry_stems(image_paths: Sequence[Path]) -> List[str]:
@@ -284,7 +258,7 @@ class LanguageCache:
             warnings.warn(f"Language feature cache {manifest_path} is unreadable ({e}); recomputing the features.",
                           LanguageCacheWarning, stacklevel=4)
             return everything
-        if _canonical(manifest["key"]) != _canonical(key):
+        if key_hash(manifest["key"]) != key_hash(key):
             warnings.warn(f"Language feature cache {folder} was made for a different configuration "
                           f"({describe_key_difference(manifest['key'], key)}); recomputing the features.",
                           LanguageCacheWarning, stacklevel=4)
@@ -347,7 +321,7 @@ class LanguageCache:
         if manifest_path.is_file():
             try:
                 manifest = json.loads(manifest_path.read_text())
-                if _canonical(manifest.get("key")) == _canonical(key) and len(manifest.get("images", [])) == len(stems):
+                if isinstance(manifest.get("key"), dict) and key_hash(manifest["key"]) == key_hash(key) and len(manifest.get("images", [])) == len(stems):
                     old_entries = list(manifest["images"])
             except (OSError, ValueError, UnicodeDecodeError, AttributeError):
                 pass

@@ -115,6 +115,25 @@ def key_hash(key: Dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(key).encode()).hexdigest()
 
 
+def image_entries(image_paths: Sequence[Path], image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
+    """How a cache keys its image list: ``[{"name", "bytes", "hw"}]``, names relative to the images' common folder
+    (so a moved dataset stays valid), file size -1 when the file cannot be read."""
+    paths = [Path(p).absolute() for p in image_paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path(".")
+    entries = []
+    for p, hw in zip(paths, image_sizes):
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = -1
+        try:
+            name = p.relative_to(root).as_posix()
+        except ValueError:
+            name = p.name
+        entries.append({"name": name, "bytes": size, "hw": [int(hw[0]), int(hw[1])]})
+    return entries
+
+
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` to ``path`` atomically (see :func:`segsplat_ns.io.atomic_open`)."""
     with atomic_open(path) as handle:
@@ -237,20 +256,7 @@ class MaskCache:
     # -- key ----------------------------------------------------------------------------------------
     @staticmethod
     def make_key(source: MaskSource, image_paths: Sequence[Path], image_sizes: Sequence[Tuple[int, int]]) -> Dict[str, Any]:
-        paths = [Path(p).absolute() for p in image_paths]
-        root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path(".")
-        images = []
-        for p, hw in zip(paths, image_sizes):
-            try:
-                size = p.stat().st_size
-            except OSError:
-                size = -1
-            try:
-                name = p.relative_to(root).as_posix()
-            except ValueError:
-                name = p.name
-            images.append({"name": name, "bytes": size, "hw": [int(hw[0]), int(hw[1])]})
-        return {"format": FORMAT_VERSION, "source": source.cache_key(), "images": images}
+        return {"format": FORMAT_VERSION, "source": source.cache_key(), "images": image_entries(image_paths, image_sizes)}
 
     def path_for(self, source: MaskSource, key: Dict[str, Any]) -> Path:
         name = re.sub(r"[^A-Za-z0-9_-]", "_", getattr(source, "name", "source") or "source")
