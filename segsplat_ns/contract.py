@@ -16,6 +16,8 @@ Hooks, by who calls them:
 ``scale_for_level``        a level -> a scale inside its range (levels only; viewer, CLI)
 ``labels_at_scale``        every Gaussian's discrete label, or None to cluster ``decomposition_features``
 ``decomposition_features`` per-Gaussian vectors HDBSCAN clusters into a decomposition
+``text_support``           class attribute: how the method answers text prompts ("" = it does not)
+``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
 ``cpu_training_args``      classmethod: ns-train flags that size a run for a CPU (bench, demo, tests)
 ``latency_probe``          classmethod: the method's fast scoring path on synthetic data (bench-latency)
 =========================  ===============================================================================
@@ -24,11 +26,14 @@ Hooks, by who calls them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, List, Literal, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 
 from segsplat_ns.errors import NotSupported
+
+if TYPE_CHECKING:
+    from nerfstudio.cameras.cameras import Cameras
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,47 @@ class LatencyProbe:
     """Other things the probe reports, by column name (e.g. the stored dtype, differences from the reference)."""
 
 
+@dataclass
+class TextQuery:
+    """A text prompt, encoded: the phrase, its unit embedding [D] and the canonical phrases' embeddings [C, D]
+    (relevancy is measured against them, see :mod:`segsplat_ns.language.relevancy`)."""
+
+    phrase: str
+    embedding: torch.Tensor
+    canonical: torch.Tensor
+
+
+@dataclass
+class LanguageViews:
+    """What a text prompt may read besides the model: the training cameras and each one's language record
+    (per-level mask-index maps and per-mask CLIP embeddings, :class:`segsplat_ns.language.features.LanguageRecord`)."""
+
+    cameras: "Cameras"
+    records: Sequence[Any]
+    source: str = ""
+    """Where the features come from, for messages (e.g. "clip", or the synthetic scene's stand-in)."""
+
+
+@dataclass
+class TextScores:
+    """A method's answer to a text prompt."""
+
+    relevancy: torch.Tensor
+    """Every Gaussian's relevancy to the query, float [N] in [0, 1] (> 0.5: closer to it than to every canonical
+    phrase); rendered, it is the 2D relevancy map."""
+    selection: Optional[torch.Tensor] = None
+    """The method's own 3D selection, bool [N]; None: the selection is ``relevancy`` thresholded."""
+    facts: Dict[str, object] = field(default_factory=dict)
+    """What the method wants to report (e.g. the votes), by name."""
+
+
 class MethodContract:
     """What every segsplat method declares (class attributes) and supplies (methods). See the module docstring."""
 
     score_kind: ClassVar[Literal["affinity", "selection"]] = "affinity"
     wording: ClassVar[Wording] = Wording()
+    text_support: ClassVar[str] = ""
+    """How the method answers text prompts, in a few words for users; empty: it does not."""
 
     @property
     def granularity(self) -> Granularity:
@@ -119,6 +160,10 @@ class MethodContract:
         """Per-Gaussian vectors [N, C] whose clusters are the segments at a scale."""
         raise NotSupported(f"{type(self).__name__} does not decompose the scene")
 
+    def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
+        """Every Gaussian's relevancy to a text query (and the method's selection, if it makes one)."""
+        raise NotSupported(f"{type(self).__name__} does not answer text prompts (its paper has no language mode)")
+
     # ---- tooling ---------------------------------------------------------------------------------------
     @classmethod
     def cpu_training_args(cls, tiny: bool = False) -> List[str]:
@@ -140,4 +185,4 @@ def describe_scale(granularity: Granularity, scale: float, level: Optional[int])
 
 
 __all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "Wording", "LatencyProbe", "MethodContract",
-                            "describe_scale", "NotSupported")
+                            "TextQuery", "LanguageViews", "TextScores", "describe_scale", "NotSupported")

@@ -148,10 +148,15 @@ class SegSplatDataManager(FullImageDatamanager):
         return camera, data
 
     def eval_ground_truth(self) -> Optional[GroundTruth]:
-        """Per-view object/part id maps of the eval images, or None when the dataset has none."""
+        """Per-view object/part id maps (and text prompts, where the dataset has them) of the eval images, or None
+        when the dataset has none."""
         if not self._eval_ground_truth_loaded:
             paths = [Path(p) for p in self.eval_dataset.image_filenames]
             sizes = [tuple(self.cached_eval[i]["image"].shape[:2]) for i in range(len(paths))]
             self._eval_ground_truth = load_ground_truth(self.data_dir, paths, sizes)
+            if self._eval_ground_truth is not None:
+                from segsplat_ns.eval.benchmarks.lerf_ovs import load_text_ground_truth
+
+                self._eval_ground_truth.text = load_text_ground_truth(self.data_dir, paths, sizes)
             self._eval_ground_truth_loaded = True
         return self._eval_ground_truth

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Type
+from typing import Dict, Literal, Optional, Type
 
 import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -113,9 +113,27 @@ class SegSplatPipeline(VanillaPipeline):
 
         self.eval()
         segmenter = Segmenter(self.model)
-        seg_metrics, _ = evaluate_segmentation(
-            segmenter, self.datamanager.eval_dataset.cameras, ground_truth, threshold=self.config.eval_threshold
-        )
-        self.train()
+        cameras = self.datamanager.eval_dataset.cameras
+        seg_metrics, _ = evaluate_segmentation(segmenter, cameras, ground_truth, threshold=self.config.eval_threshold)
         metrics.update(seg_metrics)
+        if ground_truth.text:
+            metrics.update(self.text_eval_metrics(segmenter, cameras, ground_truth))
+        self.train()
+        return metrics
+
+    def text_eval_metrics(self, segmenter, cameras, ground_truth) -> Dict[str, float]:
+        """Text mIoU and localisation (LERF-OVS protocol) when the method has a text mode and the run has language
+        features; otherwise a line saying why they are skipped."""
+        from segsplat_ns.eval.text_protocol import text_metrics
+        from segsplat_ns.language.context import language_context
+
+        if not self.model.text_support:
+            CONSOLE.print(f"text ground truth found, but {type(self.model).__name__} has no text mode: text metrics skipped")
+            return {}
+        try:
+            segmenter.language = language_context(self)
+        except user_error_types() as error:
+            CONSOLE.print(f"text metrics skipped: {error}")
+            return {}
+        metrics, _ = text_metrics(segmenter, cameras, ground_truth)
         return metrics

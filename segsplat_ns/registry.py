@@ -57,6 +57,11 @@ def method_names() -> List[str]:
     return list(registered_methods())
 
 
+def text_methods() -> List[str]:
+    """The registered methods that answer text prompts (``text_support`` declared)."""
+    return [name for name, method in registered_methods().items() if method.model_class.text_support]
+
+
 def get_method(name: str) -> RegisteredMethod:
     methods = registered_methods()
     if name not in methods:

@@ -5,11 +5,17 @@ clicked view's feature map, turns click pixels into queries (``prompt_query``), 
 (``gaussian_scores``) and thresholds ("affinity" scores) or takes the scores as the selection ("selection"
 scores). 2D masks are the selected Gaussians rendered through the scene's geometry, so they are the 3D selection
 seen from any camera.
+
+Text prompts (:meth:`Segmenter.text`) need a :class:`~segsplat_ns.language.context.LanguageContext` (the text
+encoder and the training views' language features) and a method that declares ``text_support``; the method
+scores every Gaussian's relevancy (``text_scores``) and may make its own selection. The 2D relevancy map is the
+per-Gaussian relevancy rendered; the 2D mask is the method's selection rendered, or, for a method that gives only
+relevancy, LangSplat's mask of the relevancy map (:mod:`segsplat_ns.language.relevancy`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,10 +27,11 @@ if TYPE_CHECKING:
     from nerfstudio.cameras.cameras import Cameras
 
     from segsplat_ns.base_model import SegSplatModel
+    from segsplat_ns.language.context import LanguageContext
 
 Pixel = Tuple[int, int]
 
-__all__ = ["Click", "PromptError", "Segmenter", "Selection"]
+__all__ = ["Click", "PromptError", "Segmenter", "Selection", "TextSelection"]
 
 
 @dataclass
@@ -42,6 +49,17 @@ class Selection:
     @property
     def empty(self) -> bool:
         return self.count == 0
+
+
+@dataclass
+class TextSelection(Selection):
+    """Result of a text prompt: the selection, every Gaussian's relevancy, and whether the selection is the
+    method's own (rendered as the 2D mask) or the relevancy thresholded (LangSplat's 2D mask)."""
+
+    relevancy: Optional[torch.Tensor] = None  # [N] float in [0, 1]
+    phrase: str = ""
+    method_selection: bool = True
+    facts: Dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +86,8 @@ def _camera_key(camera: "Cameras") -> Tuple[float, ...]:
 class Segmenter:
     """Click / scale (or level) / threshold prompts, and decomposition, on a trained segsplat model."""
 
-    def __init__(self, model: "SegSplatModel", threshold: float = 0.75, background_alpha: float = 0.5):
+    def __init__(self, model: "SegSplatModel", threshold: float = 0.75, background_alpha: float = 0.5,
+                 language: Optional["LanguageContext"] = None):
         if not model.has_features:
             raise PromptError(
                 "this model has no trained segmentation features yet: train past --pipeline.model.rgb-steps "
@@ -77,6 +96,7 @@ class Segmenter:
         self.model = model
         self.threshold = threshold
         self.background_alpha = background_alpha
+        self.language = language
 
     @property
     def num_gaussians(self) -> int:
@@ -216,6 +236,57 @@ class Segmenter:
         (``segsplat bench-latency`` measures it).
         """
         return self.model.gaussian_scores(queries, scale, exact_near=threshold)
+
+    # ---- text ----------------------------------------------------------------------------------------------
+    def check_text_support(self) -> None:
+        """A clear PromptError when the model has no text mode, or no language features were given."""
+        if not self.model.text_support:
+            from segsplat_ns.errors import NotSupported
+            from segsplat_ns.registry import text_methods
+
+            raise NotSupported(
+                f"{type(self.model).__name__} does not answer text prompts (its paper has no language mode): click "
+                f"instead, or train a method that does ({', '.join(text_methods()) or 'none installed'})"
+            )
+        if self.language is None:
+            raise PromptError(
+                "text prompts need the training views' language features: train with "
+                "--pipeline.datamanager.language.source clip (or folder), or give a language source to this tool"
+            )
+
+    @torch.no_grad()
+    def text(self, phrase: str) -> TextSelection:
+        """Select what a text prompt names. A prompt nothing in the scene matches selects nothing and says so."""
+        self.check_text_support()
+        assert self.language is not None
+        query = self.language.encode(phrase)
+        scores = self.model.text_scores(query, self.language.views)
+        relevancy = scores.relevancy.float()
+        method_selection = scores.selection is not None
+        mask = scores.selection.bool() if scores.selection is not None else relevancy > 0.5
+        message = None
+        if not bool(mask.any()):
+            message = (f'nothing in this scene matches "{query.phrase}": no part of it is closer to the text than to '
+                       '"object", "things", "stuff" and "texture"')
+        return TextSelection(mask, relevancy, message, relevancy=relevancy, phrase=query.phrase,
+                             method_selection=method_selection, facts=dict(scores.facts))
+
+    @torch.no_grad()
+    def relevancy_map(self, camera: "Cameras", selection: TextSelection) -> torch.Tensor:
+        """The text prompt's relevancy seen from a camera: [H, W] in [0, 1] (0 on empty background)."""
+        assert selection.relevancy is not None
+        colors = selection.relevancy.float().reshape(-1, 1).to(self.model.device)
+        rendered, _ = self.model.render_features(colors, camera.to(self.model.device))
+        return rendered[..., 0].clamp(0.0, 1.0)
+
+    def text_mask(self, camera: "Cameras", selection: TextSelection) -> torch.Tensor:
+        """The text prompt's 2D mask: the method's selection rendered, or LangSplat's mask of the relevancy map."""
+        if selection.method_selection:
+            return self.render_mask(camera, selection.gaussian_mask)
+        from segsplat_ns.language.relevancy import relevancy_mask
+
+        relevancy = self.relevancy_map(camera, selection).cpu().numpy()
+        return torch.from_numpy(relevancy_mask(relevancy))
 
     # ---- rendering a selection ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -33,6 +33,17 @@ Output layout::
     <output>/sam_masks/frame_XXXXX.pt      TRAIN views only: torch.save of a bool tensor [N_masks, H, W]
                                            (SAGA's layout), masks in arbitrary order.
 
+With ``language`` (default), also a stand-in for CLIP (not a language model; ``synthetic_language.py``):
+
+    <output>/language_features/frame_XXXXX_s.npy, _f.npy   TRAIN views only: one noisy 512-d embedding per
+                                           sam_masks mask, named by what it covers, in LangSplat's layout
+                                           (``segsplat_ns/language/features.py``)
+    <output>/language_features/text_encoder.json, .npy     the stand-in text encoder's vocabulary (every
+                                           kind's phrases) and vectors (``segsplat_ns/language/stand_in.py``)
+    <output>/gt/text/objects/frame_XXXXX.json              EVAL views only: LERF-OVS annotation, category =
+                                           object kind, polygons traced from gt/objects
+    <output>/gt/text/parts/frame_XXXXX.json                EVAL views only: the same for parts ("lamp shade")
+
 The ``sam_masks`` imitate SAM's automatic mask generator: per view, a mask for every visible object and
 every visible part (nested granularity, parts inside their object), with seeded flaws whose frequency is set
 by ``mask_flaw_rate`` (r):
@@ -99,6 +110,9 @@ class SceneConfig:
     """Background RGB colour (white matches splatfacto's --pipeline.model.background-color white)."""
     overwrite: bool = False
     """Write into a non-empty existing folder (replacing this generator's files)."""
+    language: bool = True
+    """Write the stand-in language features and text ground truth: a stand-in for CLIP on this scene (not a
+    language model) for text-prompt benchmarks (language_features/, gt/text/)."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -724,7 +738,11 @@ def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
 
-def _prepare_output(output: Path, overwrite: bool) -> None:
+LANGUAGE_SUBDIRS = ("language_features", "gt/text/objects", "gt/text/parts")
+"""Folders of the stand-in language files (``SceneConfig.language``)."""
+
+
+def _prepare_output(output: Path, overwrite: bool, language: bool = False) -> None:
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} exists and is not a folder; choose another output folder.")
     if output.is_dir() and any(output.iterdir()):
@@ -735,7 +753,7 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
             )
         # An interrupted overwrite must not look like a complete dataset: transforms.json comes back last.
         (output / "transforms.json").unlink(missing_ok=True)
-    for sub in ("images", "gt/objects", "gt/parts", "sam_masks"):
+    for sub in ("images", "gt/objects", "gt/parts", "sam_masks") + (LANGUAGE_SUBDIRS if language else ()):
         (output / sub).mkdir(parents=True, exist_ok=True)
 
 
@@ -755,7 +773,7 @@ def make_scene(config: SceneConfig) -> Path:
         raise ValueError(f"mask_flaw_rate must be in [0, 1), got {config.mask_flaw_rate}")
     output = Path(config.output)
     scene = build_scene(config.seed, config.num_objects, config.background)
-    _prepare_output(output, config.overwrite)
+    _prepare_output(output, config.overwrite, config.language)
 
     intr = intrinsics(config.width, config.height)
     views = camera_ring(config.seed, config.num_train_views, config.num_eval_views,
@@ -763,6 +781,7 @@ def make_scene(config: SceneConfig) -> Path:
     mask_rng = np.random.default_rng([config.seed, 4])
     frames, train, evals = [], [], []
     names, train_names = set(), set()
+    language_train, language_eval = [], []  # the maps and masks the stand-in language files are made from
     for idx, (_, c2w, is_train) in enumerate(views):
         name = f"frame_{idx:05d}"
         names.add(name)
@@ -775,6 +794,9 @@ def make_scene(config: SceneConfig) -> Path:
             train_names.add(name)
             masks = sam_like_masks(scene, parts_map, objects_map, config.mask_flaw_rate, mask_rng)
             atomic_write_bytes(output / "sam_masks" / f"{name}.pt", _pt_bytes(masks))
+            language_train.append((name, masks, parts_map, objects_map))
+        else:
+            language_eval.append((name, parts_map, objects_map))
         frames.append({"file_path": file_path, "transform_matrix": np.round(c2w, 10).tolist()})
         (train if is_train else evals).append(file_path)
 
@@ -782,6 +804,14 @@ def make_scene(config: SceneConfig) -> Path:
     _remove_stale(output / "gt" / "objects", {f"{n}.png" for n in names}, "frame_*.png")
     _remove_stale(output / "gt" / "parts", {f"{n}.png" for n in names}, "frame_*.png")
     _remove_stale(output / "sam_masks", {f"{n}.pt" for n in train_names}, "frame_*.pt")
+    # without language, any earlier run's language files are stale: keep none of them
+    lang_train = train_names if config.language else set()
+    lang_eval = names - train_names if config.language else set()
+    _remove_stale(output / "language_features", {f"{n}_{s}.npy" for n in lang_train for s in "sf"}, "frame_*_[sf].npy")
+    _remove_stale(output / "gt" / "text" / "objects", {f"{n}.json" for n in lang_eval}, "frame_*.json")
+    _remove_stale(output / "gt" / "text" / "parts", {f"{n}.json" for n in lang_eval}, "frame_*.json")
+    if not config.language:
+        _remove_stale(output / "language_features", set(), "text_encoder.*")
 
     xyz, rgb, _ = sample_seed_points(scene, config.seed, config.points_per_part)
     atomic_write_bytes(output / "sparse_pc.ply", _ply_bytes(xyz, rgb))
@@ -794,6 +824,12 @@ def make_scene(config: SceneConfig) -> Path:
         "eval_frames": evals,
     }
     atomic_write_bytes(output / "gt" / "meta.json", _json_bytes(meta))
+
+    if config.language:
+        from segsplat_ns.synthetic_language import write_language
+
+        kinds = {kind: [part for part, _ in template()] for kind, template in OBJECT_TEMPLATES.items()}
+        write_language(output, scene, kinds, language_train, language_eval, config.seed)
 
     transforms = {
         "camera_model": "OPENCV",

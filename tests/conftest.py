@@ -28,10 +28,12 @@ def run(args, cwd, env_extra=None, timeout=900):
 
 
 def train_args(method: str, scene: Path, name: str, rgb_steps: int = RGB_STEPS, feature_steps: int = FEATURE_STEPS):
-    """ns-train flags of a tiny CPU run: the shared small-scene schedule plus the method's own tiny-run flags."""
+    """ns-train flags of a tiny CPU run: the shared small-scene schedule plus the method's own tiny-run flags; the
+    scene's language features (the synthetic stand-in for CLIP) are the run's language source."""
     return [
         str(BIN / "ns-train"), method, "--data", str(scene), "--output-dir", "runs", "--experiment-name", name,
         "--timestamp", "t", "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
+        "--pipeline.datamanager.language.source", "folder",
         *small_scene_training_args(rgb_steps, feature_steps),
         *get_method(method).cpu_training_args(tiny=True),
     ]  # fmt: skip

@@ -4,7 +4,9 @@ Per seed: ``segsplat make-scene --seed s``; stage one (the RGB splat) once, with
 stopped at ``rgb-steps`` (every method's RGB stage is the shared base's); then each method's feature stage with ``--pipeline.model.init-from`` that run, so every method
 segments the same Gaussians with the same masks. Each run is evaluated as ``ns-eval`` does (PSNR, the click
 protocol, the decomposition) plus the click latency and the bytes of segmentation data per Gaussian in the
-checkpoint. Finished runs are reused when the command is run again (``--fresh`` retrains).
+checkpoint. Methods with a text mode are also scored on text prompts (the scene's LERF-OVS-style ground truth),
+with the scene's language features — on the synthetic scene a stand-in for CLIP (``segsplat make-scene``), never
+CLIP itself. Finished runs are reused when the command is run again (``--fresh`` retrains).
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ COLUMNS = [
     ("decomp_part_miou", "decomp. part mIoU", "{:.3f}"),
     ("decomp_part_precision", "decomp. part P", "{:.2f}"),
     ("decomp_part_recall", "decomp. part R", "{:.2f}"),
+    ("text_object_miou", "text object mIoU", "{:.3f}"),
+    ("text_object_localisation", "text object loc.", "{:.3f}"),
+    ("text_part_miou", "text part mIoU", "{:.3f}"),
+    ("text_part_localisation", "text part loc.", "{:.3f}"),
     ("rgb_stage_s", "RGB stage s", "{:.0f}"),
     ("feature_stage_s", "feature stage s", "{:.0f}"),
     ("click_ms", "click ms", "{:.0f}"),
+    ("text_first_ms", "first text ms", "{:.0f}"),
+    ("text_ms", "text ms", "{:.0f}"),
     ("segmentation_bytes_per_gaussian", "bytes/Gaussian", "{:.0f}"),
 ]
 
@@ -104,7 +112,8 @@ class Bench:
             scene = self.scene(seed)
             rgb_config, rgb_seconds = self.train(scene, seed, "rgb", [self.methods[0], *self.rgb_args()])
             for method in self.methods:
-                args = [method, "--pipeline.model.init-from", str(rgb_config), *self.feature_args(method)]
+                args = [method, "--pipeline.model.init-from", str(rgb_config), *self.language_args(scene),
+                        *self.feature_args(method)]
                 config, seconds = self.train(scene, seed, method, args)
                 row = {"seed": seed, "method": method, "rgb_stage_s": rgb_seconds, "feature_stage_s": seconds}
                 row.update(self.evaluate(config))
@@ -141,6 +150,13 @@ class Bench:
         # RGB-stage flags are inert with init-from, which starts the features at step 0
         flags = get_method(method).cpu_training_args()
         return [*small_scene_training_args(0, self.feature_steps), *flags, *self.extra_args]
+
+    @staticmethod
+    def language_args(scene: Path) -> List[str]:
+        """The scene's own language features (the synthetic stand-in) for every feature run, when it has them."""
+        if (scene / "language_features").is_dir():
+            return ["--pipeline.datamanager.language.source", "folder"]
+        return []
 
     def train(self, scene: Path, seed: int, name: str, args: List[str]) -> Tuple[Path, float]:
         """Run ns-train (or reuse a finished run): the run's config.yml and the wall time it took."""
@@ -187,9 +203,29 @@ class Bench:
                 segmenter.click(cameras[view : view + 1], [pixel], 0.9)
             times.append(time.perf_counter() - start)
         metrics["click_ms"] = float(np.median(times) * 1e3)
+        metrics.update(self.text_latency(pipeline, segmenter, ground_truth))
         metrics["segmentation_bytes_per_gaussian"] = segmentation_bytes_per_gaussian(Path(checkpoint))
         metrics["num_gaussians"] = float(pipeline.model.num_points)
         return metrics
+
+    @staticmethod
+    def text_latency(pipeline, segmenter, ground_truth) -> Dict[str, float]:
+        """Wall time of the first text prompt (with the method's text-independent preparation) and the median of the
+        others, one prompt per object category (methods with a text mode and a scene with text ground truth)."""
+        if not pipeline.model.text_support or ground_truth is None or "object" not in ground_truth.text:
+            return {}
+        from segsplat_ns.language.context import language_context
+
+        segmenter.language = language_context(pipeline)
+        categories = sorted({c for targets in ground_truth.text["object"] for c in targets})
+        times = []
+        for category in categories:
+            start = time.perf_counter()
+            segmenter.text(category)
+            times.append(time.perf_counter() - start)
+        if not times:
+            return {}
+        return {"text_first_ms": times[0] * 1e3, "text_ms": float(np.median(times[1:] or times)) * 1e3}
 
     # ---- output -----------------------------------------------------------------------------------------
     def command_line(self) -> str:

@@ -22,7 +22,8 @@ from segsplat_ns.errors import SegsplatError
 @dataclass
 class EvalBenchmark:
     """Score a trained run on a downloaded public benchmark (NVOS, SPIn-NeRF, Replica as Gaga uses it; LERF-Mask and
-    LERF-OVS are read but need a text-query method). Prints per-target IoU and the means; --output-json keeps them."""
+    LERF-OVS by text prompts, for methods with a text mode). Prints per-target IoU and the means; --output-json keeps
+    them."""
 
     load_config: Path
     """config.yml of a run trained on the benchmark scene's images."""
@@ -38,6 +39,8 @@ class EvalBenchmark:
     """Similarity threshold of the clicks."""
     output_json: Optional[Path] = None
     """Also write the scores here (atomically)."""
+    language_folder: Optional[Path] = None
+    """Text benchmarks: LangSplat-layout language features of the training images (default: the run's source)."""
 
     def main(self) -> int:
         from segsplat_ns.eval.benchmarks import BENCHMARKS, TEXT_BENCHMARKS, read_benchmark
@@ -46,15 +49,20 @@ class EvalBenchmark:
 
         if self.benchmark not in BENCHMARKS:
             raise SegsplatError(f"--benchmark {self.benchmark}: choose one of {', '.join(BENCHMARKS)}")
-        if self.benchmark in TEXT_BENCHMARKS:
-            raise SegsplatError(f"{self.benchmark} prompts are text queries, which need a language-field method (gags); "
-                                f"the registered methods take clicks: use nvos, spin-nerf or replica")
         Segmenter.check_scale(self.scale)
         ground_truth = read_benchmark(self.benchmark, self.root, self.scene)  # bad files fail before the slow load
         _, pipeline, _, _ = load_run(self.load_config)
         views = camera_index(pipeline)
         segmenter = Segmenter(pipeline.model, threshold=self.threshold)
-        if self.benchmark == "replica":
+        if self.benchmark in TEXT_BENCHMARKS:
+            from segsplat_ns.language.context import language_context
+            from segsplat_ns.language.sources import LanguageSourceConfig
+
+            segmenter.check_text_support()
+            source = None if self.language_folder is None else LanguageSourceConfig("folder", folder=self.language_folder)
+            segmenter.language = language_context(pipeline, source)
+            scores = self.score_text(segmenter, views, ground_truth)
+        elif self.benchmark == "replica":
             scores = self.score_decomposition(segmenter, views, ground_truth)
         else:
             scores = self.score_clicks(segmenter, views, ground_truth)
@@ -94,6 +102,44 @@ class EvalBenchmark:
         print(f"{self.benchmark} {ground_truth.scene}: mIoU {means['miou']:.3f}, mAcc {means['maccuracy']:.3f}, "
               f"boundary IoU {means['mboundary_iou']:.3f} over {len(per_target)} target views")
         return {**means, "targets": per_target}
+
+    def score_text(self, segmenter, views, ground_truth) -> Dict[str, object]:
+        """Each target's text prompt (answered once per distinct text), its 2D mask in the target's view: IoU,
+        accuracy, boundary IoU, and (where the benchmark gives boxes) LangSplat's localisation hit."""
+        from segsplat_ns.eval.metrics import accuracy, boundary_iou, iou
+        from segsplat_ns.language.relevancy import localisation_hit
+
+        per_target: List[Dict[str, object]] = []
+        answers: Dict[str, object] = {}
+        for target in ground_truth.targets:
+            camera = lookup(views, target.image)
+            if target.text not in answers:
+                answers[target.text] = segmenter.text(target.text)
+            selection = answers[target.text]
+            predicted = segmenter.text_mask(camera, selection).cpu().numpy()
+            truth = resize_mask(target.mask, predicted.shape)
+            row = {"name": target.name, "image": target.image, "iou": iou(predicted, truth),
+                   "accuracy": accuracy(predicted, truth), "boundary_iou": boundary_iou(predicted, truth)}
+            if target.boxes is not None:
+                scale = np.array([predicted.shape[1] / target.mask.shape[1], predicted.shape[0] / target.mask.shape[0]] * 2)
+                relevancy = segmenter.relevancy_map(camera, selection).cpu().numpy()
+                row["localised"] = bool(localisation_hit(relevancy, np.asarray(target.boxes) * scale))
+            per_target.append(row)
+            print(f"{target.name:>24s}  {target.image:>24s}  IoU {row['iou']:.3f}"
+                  + (f"  localised {row['localised']}" if "localised" in row else ""))
+        scores: Dict[str, object] = {
+            "miou": float(np.mean([t["iou"] for t in per_target])),
+            "maccuracy": float(np.mean([t["accuracy"] for t in per_target])),
+            "mboundary_iou": float(np.mean([t["boundary_iou"] for t in per_target])),
+            "targets": per_target, "features": segmenter.language.description,
+        }
+        located = [t["localised"] for t in per_target if "localised" in t]
+        if located:
+            scores["localisation"] = float(np.mean(located))
+        print(f"{self.benchmark} {ground_truth.scene}: text mIoU {scores['miou']:.3f}"
+              + (f", localisation {scores['localisation']:.3f}" if located else "")
+              + f" over {len(per_target)} target views ({segmenter.language.description} features)")
+        return scores
 
     def score_decomposition(self, segmenter, views, ground_truth) -> Dict[str, object]:
         from segsplat_ns.eval.metrics import hungarian_instance_metrics

@@ -1,4 +1,4 @@
-"""`segsplat segment`: click -> selected Gaussians -> .ply + PNG (+ IoU when the dataset has ground truth)."""
+"""`segsplat segment`: click or text -> selected Gaussians -> .ply + PNG (+ IoU when the dataset has ground truth)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,21 @@ from segsplat_ns.runs import load_run
 
 @dataclass
 class Segment:
-    """Select an object from a click at a chosen scale; write its Gaussians as a .ply (ns-export's format) and a PNG.
+    """Select an object from a click at a chosen scale, or from a text prompt; write its Gaussians as a .ply
+    (ns-export's format) and a PNG (for text, also the relevancy map).
 
-    Example: segsplat segment --load-config outputs/scene/saga/<time>/config.yml --camera 0 --pixel 48 40 --scale 0.6
+    Examples: segsplat segment --load-config outputs/scene/saga/<time>/config.yml --camera 0 --pixel 48 40 --scale 0.6
+              segsplat segment --load-config outputs/scene/saga/<time>/config.yml --text "lamp"
     """
 
     load_config: Path
     """config.yml of a trained segsplat run."""
-    pixel: Tuple[int, int]
+    pixel: Optional[Tuple[int, int]] = None
     """Click position (x, y) in pixels of the chosen camera's image."""
+    text: Optional[str] = None
+    """Text prompt instead of a click (methods with a text mode; needs the run's language features)."""
+    language_folder: Optional[Path] = None
+    """Text: read LangSplat-layout language features from this folder instead of the run's language source."""
     camera: int = 0
     """Index of the camera within --split."""
     split: Literal["eval", "train"] = "eval"
@@ -57,6 +63,10 @@ def run_segment(args: Segment) -> int:
     from segsplat_ns.export import write_splat_ply
     from segsplat_ns.segmenter import Segmenter
 
+    if (args.pixel is None) == (args.text is None):
+        raise SegsplatError("give either --pixel X Y (a click) or --text PROMPT")
+    if args.text is not None:
+        return run_text_segment(args)
     _, pipeline, checkpoint, _ = load_run(args.load_config)
     model = pipeline.model
     datamanager = pipeline.datamanager
@@ -93,6 +103,64 @@ def run_segment(args: Segment) -> int:
     if args.split == "eval":
         report_iou(segmenter, datamanager, camera, args.camera, args.pixel, selection.gaussian_mask)
     return 0
+
+
+def run_text_segment(args: Segment) -> int:
+    """``--text``: the method's text answer, written as for a click, plus the relevancy map as a PNG."""
+    from segsplat_ns.export import write_splat_ply
+    from segsplat_ns.language.context import language_context
+    from segsplat_ns.language.sources import LanguageSourceConfig
+    from segsplat_ns.segmenter import Segmenter
+
+    if not " ".join(str(args.text).split()):
+        raise SegsplatError('--text is empty: give what to find, e.g. --text "lamp"')
+    _, pipeline, _, _ = load_run(args.load_config)
+    model = pipeline.model
+    segmenter = Segmenter(model, threshold=args.threshold)
+    segmenter.check_text_support()  # before loading language features: a clear refusal first
+    source = None if args.language_folder is None else LanguageSourceConfig(source="folder", folder=args.language_folder)
+    segmenter.language = language_context(pipeline, source)
+    selection = segmenter.text(args.text)
+    print(f'Text "{selection.phrase}" with {segmenter.language.description} features: '
+          + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                      for key, value in selection.facts.items()))
+    if selection.empty:
+        print(f"Nothing selected: {selection.message}. No files written.")
+        return 1
+    dataset = pipeline.datamanager.eval_dataset if args.split == "eval" else pipeline.datamanager.train_dataset
+    if not 0 <= args.camera < len(dataset.cameras):
+        raise SegsplatError(f"--camera {args.camera} is out of range: the {args.split} split has {len(dataset.cameras)} cameras")
+    camera = dataset.cameras[args.camera : args.camera + 1].to(model.device)
+    run_dir = Path(args.load_config).resolve().parent
+    slug = "".join(c if c.isalnum() else "_" for c in selection.phrase)[:40]
+    output = args.output or run_dir / "segments" / f"text_{slug}.ply"
+    count = write_splat_ply(output, model.gauss_params, mask=selection.gaussian_mask)
+    png = output.with_suffix(".png")
+    with torch.no_grad():
+        save_png(png, to_uint8(model.render_rgb_subset(camera, selection.gaussian_mask)))
+        relevancy = segmenter.relevancy_map(camera, selection)
+    relevancy_png = output.with_name(output.stem + "_relevancy.png")
+    save_png(relevancy_png, turbo(relevancy.cpu().numpy()))
+    print(f"Selected {count} of {model.num_points} Gaussians.")
+    print(f"PLY: {output}")
+    print(f"PNG: {png} (the selection from {args.split} camera {args.camera}); relevancy: {relevancy_png}")
+    ground_truth = pipeline.datamanager.eval_ground_truth() if args.split == "eval" else None
+    if ground_truth is not None and ground_truth.text:
+        from segsplat_ns.eval.metrics import iou
+
+        predicted = segmenter.text_mask(camera, selection).cpu().numpy()
+        for level, views in ground_truth.text.items():
+            if selection.phrase in views[args.camera]:
+                truth = views[args.camera][selection.phrase][0]
+                print(f"IoU against the ground-truth {level} '{selection.phrase}' in this view: {iou(predicted, truth):.3f}")
+    return 0
+
+
+def turbo(values: np.ndarray) -> np.ndarray:
+    """uint8 RGB of values in [0, 1] through matplotlib's turbo colormap."""
+    from matplotlib import colormaps
+
+    return (colormaps["turbo"](np.clip(values, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
 
 
 def report_iou(segmenter, datamanager, camera, view: int, pixel: Tuple[int, int], gaussian_mask) -> Optional[float]:

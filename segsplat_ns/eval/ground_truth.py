@@ -4,6 +4,8 @@
 <data>/gt/meta.json               {"objects": [{"id", "name", "parts": [...]}], "parts": [{"id", "name", "object"}]}
 <data>/gt/objects/<image>.png     uint8 id map, 0 = background
 <data>/gt/parts/<image>.png       uint8 id map, 0 = background
+<data>/gt/text/objects/<image>.json  text prompts: LERF-OVS labelme-style JSON (category, polygon, bbox)
+<data>/gt/text/parts/<image>.json    the same for parts (optional)
 ```
 Readers for public benchmark layouts turn theirs into the same :class:`GroundTruth`.
 """
@@ -21,6 +23,8 @@ from PIL import Image
 from segsplat_ns.errors import SegsplatError
 
 LEVEL_FOLDERS = {"object": "objects", "part": "parts"}
+TextTargets = Dict[str, Tuple[np.ndarray, np.ndarray]]
+"""One view's text ground truth: category -> (bool mask [H, W], boxes [K, 4] as x1, y1, x2, y2)."""
 
 
 class GroundTruthError(SegsplatError, ValueError):
@@ -33,6 +37,9 @@ class GroundTruth:
 
     id_maps: Dict[str, List[np.ndarray]]
     names: Dict[str, Dict[int, str]] = field(default_factory=dict)
+    text: Dict[str, List[TextTargets]] = field(default_factory=dict)
+    """Per level, per eval view: the text prompts annotated there (LERF-OVS style; read by
+    :func:`segsplat_ns.eval.benchmarks.lerf_ovs.load_text_ground_truth`); empty without text ground truth."""
 
     def ids(self, level: str) -> List[int]:
         found = set()

@@ -36,6 +36,8 @@ class ImageTextEncoder:
 
     dim: int = 0
     """Embedding size D."""
+    kind: str = f"CLIP {CLIP_MODEL} ({CLIP_PRETRAINED})"
+    """What the encoder is, for messages and tables."""
 
     def identity(self) -> Dict[str, Any]:
         """JSON-able description of the weights (the language cache is keyed on it)."""

@@ -145,3 +145,18 @@ class FolderLanguageSource:
     def load(self, image_paths: Sequence[Path], image_sizes: Sequence[Tuple[int, int]]) -> LanguageFeatureSet:
         self.check(image_paths, image_sizes)
         return LanguageFeatureSet(self.folder, entry_stems(image_paths), image_sizes)
+
+
+def text_encoder_for(config: LanguageSourceConfig, data_dir: Path) -> ImageTextEncoder:
+    """The text encoder whose space the source's image features live in: the synthetic scene's stand-in when the
+    folder ships one (``text_encoder.json``), else CLIP ViT-B-16 (weights as for the clip source)."""
+    from segsplat_ns.language.stand_in import StandInTextEncoder
+
+    if config.source == "none":
+        raise LanguageSourceError(
+            f"Text prompts need language features, and this run has none ({CLI_PREFIX}.source none). Train with "
+            f"{CLI_PREFIX}.source clip (CLIP on the masks) or {CLI_PREFIX}.source folder (precomputed LangSplat-layout "
+            f"features; the synthetic scene ships a stand-in in <scene>/language_features).")
+    if config.source == "folder" and StandInTextEncoder.present(config.folder_path(data_dir)):
+        return StandInTextEncoder.from_folder(config.folder_path(data_dir))
+    return LazyClipEncoder(resolve_clip_checkpoint(config.clip_checkpoint), device=config.resolved_device())

@@ -35,7 +35,7 @@ READERS: Dict[str, Callable[[Path, Optional[str]], BenchmarkGroundTruth]] = {
     "lerf-ovs": read_lerf_ovs,
 }
 BENCHMARKS = tuple(READERS)
-TEXT_BENCHMARKS = ("lerf-mask", "lerf-ovs")  # prompts are text: they need a language-field method
+TEXT_BENCHMARKS = ("lerf-mask", "lerf-ovs")  # prompts are text: they need a method with a text mode
 
 __all__ = [
     "BENCHMARKS",

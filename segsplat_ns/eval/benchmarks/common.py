@@ -39,6 +39,7 @@ class PromptedTarget:
     reference_image: Optional[str] = None  # stem of the image the prompt is given in; None = ``image``
     text: Optional[str] = None  # text prompt (LERF-Mask, LERF-OVS)
     prompt_size: Optional[Tuple[int, int]] = None  # (H, W) of the grid the points are in; None = mask's
+    boxes: Optional[np.ndarray] = None  # [K, 4] x1, y1, x2, y2 boxes of a text target (LERF-OVS localisation)
 
     @property
     def prompt_image(self) -> str:

@@ -15,8 +15,9 @@ Each object's polygon is rasterised; the objects of one category in one view are
 LangSplat's ``cv2.fillPoly`` on ``int32`` points does. Variants read too: plain labelme files
 (``imageWidth``/``imageHeight``/``imagePath``, ``shapes[].label``/``points``), a ``segmentation`` that is
 a list of polygons or a flat ``[x1, y1, x2, y2, ...]`` list. The image stem is ``info.name`` (or
-``imagePath``) without extension, else the JSON's stem. ``bbox`` (used by LangSplat's localisation
-accuracy) is not read. Scene lookup: ``<root>/label/<scene>``, else ``<root>/<scene>``; with no scene,
+``imagePath``) without extension, else the JSON's stem. ``bbox`` ([x1, y1, x2, y2], LangSplat's localisation
+accuracy) is read by :func:`read_view_boxes`; a missing one is the polygon's bounding box. Scene lookup:
+``<root>/label/<scene>``, else ``<root>/<scene>``; with no scene,
 ``<root>`` is the folder of JSON files.
 
 Prompt: the category is the text prompt (``text`` and ``name``); there are no clicks.
@@ -32,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segsplat_ns.eval.benchmarks.common import BenchmarkGroundTruth, PromptedTarget, require_dir
-from segsplat_ns.eval.ground_truth import GroundTruthError
+from segsplat_ns.eval.ground_truth import LEVEL_FOLDERS, GroundTruthError, TextTargets
 
 Polygon = List[Tuple[int, int]]
 
@@ -81,7 +82,7 @@ def _size_and_image(data: Dict[str, Any], path: Path) -> Tuple[int, int, str]:
     return height, width, Path(str(name).replace("\\", "/")).stem
 
 
-def _objects(data: Dict[str, Any], path: Path) -> List[Tuple[str, Any]]:
+def _objects(data: Dict[str, Any], path: Path) -> List[Tuple[str, Any, Dict[str, Any]]]:
     if isinstance(data.get("objects"), list):
         entries, label_key, polygon_key = data["objects"], "category", "segmentation"
     elif isinstance(data.get("shapes"), list):  # plain labelme
@@ -92,12 +93,29 @@ def _objects(data: Dict[str, Any], path: Path) -> List[Tuple[str, Any]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get(label_key), str) or polygon_key not in entry:
             raise GroundTruthError(f"{path}: object {i} needs a '{label_key}' string and a '{polygon_key}' polygon")
-        result.append((entry[label_key], entry[polygon_key]))
+        result.append((entry[label_key], entry[polygon_key], entry))
     return result
 
 
 def read_view(path: Path) -> Tuple[str, Dict[str, np.ndarray]]:
     """(image stem, {category: bool mask}) of one annotation file."""
+    image, targets = read_view_boxes(path)
+    return image, {category: mask for category, (mask, _) in targets.items()}
+
+
+def _box(entry: Dict[str, Any], polygon_list: List[Polygon], where: str) -> np.ndarray:
+    box = entry.get("bbox")
+    if box is None:
+        points = np.array([p for polygon in polygon_list for p in polygon], dtype=np.float64)
+        return np.concatenate([points.min(axis=0), points.max(axis=0)])
+    values = np.asarray(box, dtype=np.float64).reshape(-1) if isinstance(box, list) else np.zeros(0)
+    if values.shape != (4,) or not np.isfinite(values).all():
+        raise GroundTruthError(f"{where}: bbox must be [x1, y1, x2, y2], got {str(box)[:80]}")
+    return values
+
+
+def read_view_boxes(path: Path) -> Tuple[str, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+    """(image stem, {category: (bool mask, boxes float [K, 4] x1 y1 x2 y2)}) of one annotation file."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -106,9 +124,14 @@ def read_view(path: Path) -> Tuple[str, Dict[str, np.ndarray]]:
         raise GroundTruthError(f"{path}: expected a JSON object")
     height, width, image = _size_and_image(data, path)
     shapes: Dict[str, List[Polygon]] = {}
-    for i, (category, segmentation) in enumerate(_objects(data, path)):
-        shapes.setdefault(category, []).extend(polygons(segmentation, f"{path}, object {i} ({category})"))
-    return image, {category: rasterize(polys, height, width) for category, polys in shapes.items()}
+    boxes: Dict[str, List[np.ndarray]] = {}
+    for i, (category, segmentation, entry) in enumerate(_objects(data, path)):
+        where = f"{path}, object {i} ({category})"
+        polygon_list = polygons(segmentation, where)
+        shapes.setdefault(category, []).extend(polygon_list)
+        boxes.setdefault(category, []).append(_box(entry, polygon_list, where))
+    return image, {category: (rasterize(polys, height, width), np.stack(boxes[category]))
+                   for category, polys in shapes.items()}
 
 
 def _label_folder(root: Path, scene: Optional[str]) -> Path:
@@ -127,6 +150,34 @@ def read_lerf_ovs(root: Path, scene: Optional[str] = None) -> BenchmarkGroundTru
         raise GroundTruthError(f"no annotation files in {folder}: expected frame_*.json")
     targets = []
     for path in paths:
-        image, masks = read_view(path)
-        targets.extend(PromptedTarget(name=category, image=image, mask=mask, text=category) for category, mask in masks.items())
+        image, read = read_view_boxes(path)
+        targets.extend(PromptedTarget(name=category, image=image, mask=mask, text=category, boxes=boxes)
+                       for category, (mask, boxes) in read.items())
     return BenchmarkGroundTruth(benchmark="lerf-ovs", scene=scene or folder.resolve().name, targets=targets)
+
+
+def load_text_ground_truth(data_dir: Path, image_paths: Sequence[Path],
+                           image_sizes: Sequence[Tuple[int, int]]) -> Dict[str, List[TextTargets]]:
+    """A dataset's own text ground truth: ``<data>/gt/text/<objects|parts>/<image stem>.json`` per eval image (the
+    layout ``segsplat make-scene`` writes), per level that has the folder; a view without a file has no text
+    targets. Masks and boxes are scaled to the image size when it differs."""
+    text: Dict[str, List[TextTargets]] = {}
+    for level, folder in LEVEL_FOLDERS.items():
+        level_dir = Path(data_dir) / "gt" / "text" / folder
+        if not level_dir.is_dir():
+            continue
+        views: List[TextTargets] = []
+        for path, size in zip(image_paths, image_sizes):
+            json_path = level_dir / (Path(path).stem + ".json")
+            targets: TextTargets = {}
+            if json_path.exists():
+                _, read = read_view_boxes(json_path)
+                for category, (mask, boxes) in read.items():
+                    if mask.shape != tuple(size):
+                        scale = np.array([size[1] / mask.shape[1], size[0] / mask.shape[0]] * 2)
+                        mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+                        boxes = boxes * scale
+                    targets[category] = (mask.astype(bool), boxes)
+            views.append(targets)
+        text[level] = views
+    return text

@@ -6,7 +6,8 @@
 - scale-aware contrastive training on SAM mask pairs (Eq. 6-9), feature-norm regulariser (Eq. 11), local kNN
   feature smoothing (Sec. 3.3), and the pair resampling/re-weighting of Sec. 3.4 (see :mod:`.loss`);
 - inference: click + scale -> cosine similarity of gated features > threshold (:mod:`.scoring`); HDBSCAN
-  decomposition.
+  decomposition; text prompts by CLIP voting over the decomposition's segments (supplement A.3,
+  :mod:`.clip_vote`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Type
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn import Parameter
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import LatencyProbe
+from segsplat_ns.contract import LanguageViews, LatencyProbe, TextQuery, TextScores
 from segsplat_ns.masks.sampling import mask_balanced_pixels
 from segsplat_ns.methods.common.knn import knn_indices, knn_smooth
 from segsplat_ns.methods.common.memo import InferenceMemo
 from segsplat_ns.methods.common.scale_gate import ScaleGate
-from segsplat_ns.methods.saga import scoring
+from segsplat_ns.methods.saga import clip_vote, scoring
 from segsplat_ns.methods.saga.loss import saga_loss, sample_training_scales
 from segsplat_ns.methods.saga.scoring import AffinityScorer
 
@@ -56,11 +58,16 @@ class SagaModelConfig(SegSplatModelConfig):
     """Hard mining: positive pairs count only while Corr_f < this (code: 0.75)."""
     negative_hard_threshold: float = 0.5
     """Hard mining: negative pairs count only while Corr_f > this (code: 0.5)."""
+    text_min_iou: float = 0.5
+    """Text prompts: masks whose 3D selections overlap this much (IoU, average linkage) are one segment."""
+    text_threshold: float = 0.85
+    """Text prompts: cosine affinity to the voted segment's query a Gaussian needs (authors' notebook: 0.85)."""
 
 
 class SagaModel(SegSplatModel):
     config: SagaModelConfig
     feature_key = "affinity_features"
+    text_support = "CLIP voting over the decomposition's 3D segments (SAGA supplement A.3)"
 
     def populate_method_modules(self) -> None:
         self.scale_gate = ScaleGate(self.config.feature_dim)
@@ -167,6 +174,89 @@ class SagaModel(SegSplatModel):
     def decomposition_features(self, scale: float) -> torch.Tensor:
         """S(s) * f_g, unit-normalised: HDBSCAN clusters these into the decomposition at a scale."""
         return self.gated_gaussian_features(scale)
+
+    @torch.no_grad()
+    def text_candidates(self, views: LanguageViews) -> clip_vote.MaskQueries:
+        """Steps 1-2 of CLIP voting (:mod:`.clip_vote`): one SAGA query per cached mask, grouped into 3D segments.
+        Independent of the text: computed once per model state and views."""
+        key = ("text_candidates", id(views), len(views.records), self.config.text_threshold, self.config.text_min_iou)
+        return self._cached(key, lambda: self._compute_text_candidates(views))
+
+    def _compute_text_candidates(self, views: LanguageViews) -> clip_vote.MaskQueries:
+        from tqdm import tqdm
+
+        from segsplat_ns.masks.scales import ScaleQuantiles, mask_scales
+
+        quantiles = ScaleQuantiles.from_tensor(self.scale_quantiles)
+        queries, scales, view_ids, mask_ids = [], [], [], []
+        was_training = self.training
+        self.eval()
+        try:
+            for view in tqdm(range(len(views.records)), desc="text: mask queries", unit="view", leave=False):
+                camera = views.cameras[view : view + 1].to(self.device)
+                index_maps = torch.from_numpy(np.asarray(views.records[view].index_maps).astype(np.int64)).to(self.device)
+                num_masks = int(index_maps.max()) + 1 if index_maps.numel() else 0
+                if num_masks == 0:
+                    continue
+                # each mask index appears in one level row: a mask's pixels are where any row holds its index
+                ids = torch.arange(num_masks, device=self.device)[:, None, None, None]
+                masks = (index_maps[None] == ids).any(dim=1)  # [M, H, W]
+                outputs = self.get_outputs_for_camera(camera)
+                valid = outputs["accumulation"][..., 0] > 0.5
+                raw = mask_scales(masks, outputs["depth"][..., 0], camera.get_intrinsics_matrices()[0],
+                                  camera.camera_to_worlds[0], valid=valid)
+                mask_scale = quantiles.normalize(raw).clamp(0.0, 1.0)
+                feature_map, _ = self.render_features(self.feature_colors(), camera)
+                inside = (masks & valid).reshape(num_masks, -1).float()  # [M, HW]
+                count = inside.sum(dim=1)
+                mean = inside @ feature_map.reshape(-1, feature_map.shape[-1]) / count.clamp(min=1)[:, None]
+                gates = self.scale_gate(mask_scale.float())  # [M, D]
+                keep = count >= 1
+                queries.append(F.normalize(mean * gates, dim=-1)[keep])
+                scales.append(mask_scale[keep])
+                view_ids.append(np.full(int(keep.sum()), view))
+                mask_ids.append(torch.nonzero(keep)[:, 0].cpu().numpy())
+        finally:
+            self.train(was_training)
+        if not queries:
+            empty = np.zeros(0, dtype=np.int64)
+            return clip_vote.MaskQueries(torch.zeros(0, self.config.feature_dim, device=self.device),
+                                         torch.zeros(0, device=self.device), empty, empty, empty)
+        all_queries, all_scales = torch.cat(queries), torch.cat(scales)
+        # each query's selection on a fixed subsample of the Gaussians is enough to tell which masks agree in 3D
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.randperm(self.num_points, generator=generator)[:20000].to(self.device)
+        features = self.feature_colors()[sample]  # unit, smoothed
+        gates = self.scale_gate(all_scales.float())  # [Q, D]
+        selections = torch.stack([
+            (F.normalize(features * gate, dim=-1) @ query) > self.config.text_threshold
+            for gate, query in zip(gates, all_queries)
+        ])
+        group = clip_vote.group_masks(selections, self.config.text_min_iou)
+        return clip_vote.MaskQueries(all_queries, all_scales, np.concatenate(view_ids), np.concatenate(mask_ids), group)
+
+    @torch.no_grad()
+    def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
+        """CLIP voting (:mod:`.clip_vote`): the most relevant mask of the most voted 3D group is a SAGA query at its
+        scale; relevancy per Gaussian is the winner's relevancy times the affinity to that query (clamped at 0)."""
+        from segsplat_ns.language.relevancy import relevancy
+
+        candidates = self.text_candidates(views)
+        per_view = [relevancy(torch.from_numpy(np.asarray(record.features)).float(), query.embedding, query.canonical)
+                    for record in views.records]
+        mask_relevancy = np.array([float(per_view[v][m]) for v, m in zip(candidates.view, candidates.mask)])
+        result = clip_vote.vote(mask_relevancy, candidates.view, candidates.group, candidates.num_groups)
+        facts: Dict[str, object] = {"views": len(views.records), "masks": int(len(candidates.view)),
+                                    "groups": candidates.num_groups}
+        if result.winner is None or result.best is None:
+            empty = torch.zeros(self.num_points, dtype=torch.bool, device=self.device)
+            return TextScores(torch.zeros(self.num_points, device=self.device), empty, {**facts, "votes": 0})
+        scale = float(candidates.scales[result.best])
+        threshold = self.config.text_threshold
+        affinity = self.gaussian_scores(candidates.queries[result.best : result.best + 1], scale, exact_near=threshold)
+        score = float(mask_relevancy[result.best])
+        facts.update({"votes": int(result.votes[result.winner]), "scale": scale, "relevancy": score})
+        return TextScores(score * affinity.float().clamp(min=0.0), affinity > threshold, facts)
 
     # ---- tooling (the method contract) ------------------------------------------------------------
     @classmethod
