@@ -4,6 +4,7 @@ driven with real ViewerClick objects on the tiny trained run, and the real viewe
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -21,7 +22,7 @@ from segsplat_ns.errors import PromptError
 from segsplat_ns.eval.metrics import iou
 from segsplat_ns.eval.protocol import interior_point
 from segsplat_ns.export import read_splat_ply
-from segsplat_ns.segmenter import Click, Segmenter, Selection
+from segsplat_ns.segmenter import Click, Segmenter, Selection, TextSelection
 from segsplat_ns.viewer import (
     DISPLAY_HIGHLIGHT,
     DISPLAY_ONLY,
@@ -35,7 +36,7 @@ from segsplat_ns.viewer import (
     SegmentationControls,
     SegmentationSession,
 )
-from segsplat_ns.viewer.overlay import decomposition_of
+from segsplat_ns.viewer.overlay import decomposition_of, relevancy_colors
 
 LEVELS = Granularity("levels", 3)
 
@@ -50,6 +51,12 @@ def free_port() -> int:
 
 def objects_of(scene: Path, frame: int = 1) -> np.ndarray:
     return np.asarray(Image.open(scene / "gt" / "objects" / f"frame_{frame:05d}.png")).astype(int)
+
+
+def object_id(scene: Path, name: str) -> int:
+    """The ground-truth id of the object named ``name`` (gt/meta.json)."""
+    meta = json.loads((scene / "gt" / "meta.json").read_text())
+    return next(int(entry["id"]) for entry in meta["objects"] if entry["name"] == name)
 
 
 def biggest_object(objects: np.ndarray) -> int:
@@ -100,6 +107,19 @@ class FakeSegmenter:
         mask = self._mask([c.pixel for c in clicks if c.positive], scale)
         mask &= ~self._mask([c.pixel for c in clicks if not c.positive], scale)
         return Selection(mask, mask.float(), None if mask.any() else "nothing passes")
+
+    TEXT = {"left": [0, 1, 2], "right": [7, 8, 9], "robot": []}
+    """Phrase -> the Gaussians it selects; other phrases are unknown to the fake encoder."""
+
+    def text(self, phrase):
+        self.calls += 1
+        if phrase not in self.TEXT:
+            raise PromptError(f"Unknown phrase {phrase!r}")
+        mask = torch.zeros(self.N, dtype=torch.bool)
+        mask[self.TEXT[phrase]] = True
+        relevancy = mask.float() * 0.9
+        message = None if mask.any() else f'nothing in this scene matches "{phrase}"'
+        return TextSelection(mask, relevancy, message, relevancy=relevancy, phrase=phrase, facts={"votes": 3})
 
 
 def fake_session():
@@ -173,6 +193,43 @@ def test_session_undo_resegments_only_when_the_scale_changed():
         SegmentationSession(lambda: segmenter).resegment(0.5, 0.5)
 
 
+def test_session_text_prompt_replaces_the_clicks_and_undoes_like_one():
+    """A text prompt is one undoable step that replaces the clicks; clicks after it start a new click selection;
+    a prompt that selects nothing (or fails) is not stored; the sliders never re-segment a text selection."""
+    session, segmenter = fake_session()
+    session.click(Click("cam", (5, 0)), 0.0, 0.5)
+    text = session.text("left")
+    assert isinstance(text, TextSelection) and session.text_selection is text
+    assert selected(session) == [0, 1, 2] and not session.clicks and len(session.history) == 2
+    assert (session.scale, session.threshold) == (None, None)  # made at no slider setting
+    with pytest.raises(PromptError, match="no click yet"):
+        session.resegment(1.0, 0.5)
+    with pytest.raises(PromptError, match="add an object"):
+        session.click(Click("cam", (1, 0), positive=False), 0.0, 0.5)
+
+    # nothing matches / unknown phrase: a PromptError, nothing stored
+    for phrase, message in (("robot", "nothing in this scene matches"), ("zebra", "Unknown phrase")):
+        with pytest.raises(PromptError, match=message):
+            session.text(phrase)
+        assert session.text_selection is text and len(session.history) == 2
+
+    # a click after the text starts a new click selection; undo restores the text selection unchanged,
+    # at any scale (no segmenter call), then the click before it
+    session.click(Click("cam", (8, 0)), 0.0, 0.5)
+    assert selected(session) == [8] and session.text_selection is None
+    calls = segmenter.calls
+    assert session.undo(1.0, 0.9) is text and segmenter.calls == calls and not session.clicks
+    session.reset()
+    assert session.selection is None
+    assert session.undo(1.0, 0.9) is text  # undo brings back a reset text selection
+    session.text("right")
+    assert selected(session) == [7, 8, 9]
+    assert session.undo(1.0, 0.9) is text
+    session.undo(0.0, 0.5)
+    assert selected(session) == [5] and len(session.clicks) == 1
+    assert session.undo(0.0, 0.5) is None and not session.can_undo
+
+
 def test_session_history_keeps_the_last_steps():
     session, _ = fake_session()
     for i in range(HISTORY_LIMIT + 10):
@@ -209,11 +266,13 @@ class ContractModel(torch.nn.Module, MethodContract):
     viewer_hook = None
     has_features = False
 
-    def __init__(self, granularity: Granularity = CONTINUOUS_SCALE, wording: Wording = Wording()) -> None:
+    def __init__(self, granularity: Granularity = CONTINUOUS_SCALE, wording: Wording = Wording(),
+                 text_support: str = "") -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self._granularity = granularity
         self.wording = wording
+        self.text_support = text_support
 
     @property
     def granularity(self) -> Granularity:
@@ -232,13 +291,20 @@ def test_controls_are_reachable_in_order_and_add_no_state(tmp_path):
     from nerfstudio.viewer.utils import parse_object
     from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 
-    pipeline = untrained_pipeline(ContractModel())
-    names = [element.name for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")]
-    assert names == ["Status", "Click mode", "Scale", "Threshold", "Undo click", "Reset selection", "Display",
-                     "Decompose scene", "Export selection (.ply)", "Exported to"]
-    assert len(parse_object(pipeline, ViewerControl, "Custom Elements")) == 1
-    assert not any(k.startswith("segmentation.") for k in pipeline.state_dict())
-    assert pipeline.model.viewer_hook == pipeline.segmentation.add_outputs
+    for text_support in ("", "votes over segments"):
+        pipeline = untrained_pipeline(ContractModel(text_support=text_support))
+        elements = [element for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")]
+        assert [element.name for element in elements] == [
+            "Status", "Click mode", "Scale", "Threshold", "Text prompt", "Find", "No text mode", "Undo click",
+            "Reset selection", "Display", "Decompose scene", "Export selection (.ply)", "Exported to"]
+        # the text controls show only for a method with a text mode; otherwise the line saying it has none
+        visible = {element.name for element in elements if element.visible}
+        assert ({"Text prompt", "Find"} <= visible) == bool(text_support)
+        assert ("No text mode" in visible) == (not text_support)
+        assert len(parse_object(pipeline, ViewerControl, "Custom Elements")) == 1
+        assert not any(k.startswith("segmentation.") for k in pipeline.state_dict())
+        assert pipeline.model.viewer_hook == pipeline.segmentation.add_outputs
+    assert "votes over segments" in pipeline.segmentation.e_text.hint
 
 
 def test_controls_follow_the_contract_granularity_and_wording():
@@ -257,11 +323,11 @@ def test_controls_follow_the_contract_granularity_and_wording():
     assert not untrained_pipeline(ContractModel()).segmentation.d_threshold.disabled
 
     # before the features are trained the controls say so, without a traceback
-    for element in (controls.c_scale, controls.e_undo, controls.h_decompose, controls.i_export):
+    for element in (controls.c_scale, controls.h_undo, controls.k_decompose, controls.l_export, controls.f_find):
         controls.say("")
         element.cb_hook(element)
         assert controls.last_message and not controls.last_message.startswith("Error"), element.name
-    for element in (controls.c_scale, controls.h_decompose):
+    for element in (controls.c_scale, controls.k_decompose):
         element.cb_hook(element)
         assert controls.last_message == NO_FEATURES_HINT
 
@@ -375,14 +441,14 @@ def test_scale_slider_resegments_and_undo_restores(controls, scene):
     assert controls.selection.count < int(before.sum())
     expected = segmenter.click(camera, [pixel], 0.0, 0.75, negative_pixels=[pixel])
     assert torch.equal(controls.selection.gaussian_mask, expected.gaussian_mask)
-    controls.e_undo.cb_hook(controls.e_undo)
+    controls.h_undo.cb_hook(controls.h_undo)
     assert torch.equal(controls.selection.gaussian_mask, before)
     assert len(controls.clicks) == 1
 
     # reset clears, undo brings it back
-    controls.f_reset.cb_hook(controls.f_reset)
+    controls.i_reset.cb_hook(controls.i_reset)
     assert controls.selection is None and not controls.clicks
-    controls.e_undo.cb_hook(controls.e_undo)
+    controls.h_undo.cb_hook(controls.h_undo)
     assert torch.equal(controls.selection.gaussian_mask, before)
 
 
@@ -393,9 +459,9 @@ def test_export_writes_the_selection_as_ply(controls, scene):
     pixel = interior_point(objects == biggest_object(objects))
     set_value(controls.b_click_mode, MODE_ADD)
     controls.on_click(viewer_click(pixel, camera))
-    controls.i_export.cb_hook(controls.i_export)
+    controls.l_export.cb_hook(controls.l_export)
     path = controls.run_dir / "segments" / "selection_0.ply"
-    assert path.is_file() and controls.j_export_path.value == str(path)
+    assert path.is_file() and controls.m_export_path.value == str(path)
     assert str(path) in controls.last_message
     fields = read_splat_ply(path)
     from segsplat_ns.export import export_selection
@@ -406,7 +472,7 @@ def test_export_writes_the_selection_as_ply(controls, scene):
     assert len(fields["x"]) == int(expected.sum()) > 0
     assert int(expected.sum()) <= controls.selection.count
     np.testing.assert_allclose(fields["x"], model.means[torch.from_numpy(expected), 0].detach().cpu().numpy())
-    controls.i_export.cb_hook(controls.i_export)  # a second export does not overwrite the first
+    controls.l_export.cb_hook(controls.l_export)  # a second export does not overwrite the first
     assert (controls.run_dir / "segments" / "selection_1.ply").is_file()
 
 
@@ -417,11 +483,11 @@ def test_messages_instead_of_tracebacks(controls, scene, capsys):
     set_value(controls.c_scale, 0.3)
     assert "no click yet" in controls.last_message and controls.selection is None
     # export with an empty selection
-    controls.i_export.cb_hook(controls.i_export)
+    controls.l_export.cb_hook(controls.l_export)
     assert "Nothing to export" in controls.last_message
     assert not (controls.run_dir / "segments").exists()
     # undo with nothing to undo
-    controls.e_undo.cb_hook(controls.e_undo)
+    controls.h_undo.cb_hook(controls.h_undo)
     assert "Nothing to undo" in controls.last_message
     # click with click mode off
     set_value(controls.b_click_mode, MODE_OFF)
@@ -469,19 +535,19 @@ def test_outputs_for_display_modes_and_decomposition(controls, scene):
     assert outputs["affinity"].shape == (48, 48, 1)
     assert float(outputs["affinity"][target].mean()) > float(outputs["affinity"][~target].mean())
     # highlight: the selection keeps its colour, the rest is dimmed
-    assert controls.g_display.value == DISPLAY_HIGHLIGHT
+    assert controls.j_display.value == DISPLAY_HIGHLIGHT
     inside = torch.from_numpy(outputs["selection"][..., 0].cpu().numpy() > 0.9)
     tint = torch.tensor(HIGHLIGHT_TINT)
     expected_inside = (1 - TINT_WEIGHT) * plain["rgb"][inside] + TINT_WEIGHT * tint
     assert torch.allclose(outputs["rgb"][inside], expected_inside, atol=0.05)
     assert float(outputs["rgb"][~inside].mean()) < 0.6 * float(plain["rgb"][~inside].mean())
     # only the selection: the rest shows the background
-    set_value(controls.g_display, DISPLAY_ONLY)
+    set_value(controls.j_display, DISPLAY_ONLY)
     only = model.get_outputs_for_camera(camera)["rgb"]
     assert torch.allclose(only, model.render_rgb_subset(camera, controls.selection.gaussian_mask))
 
     # decompose: every Gaussian gets a segment colour
-    controls.h_decompose.cb_hook(controls.h_decompose)
+    controls.k_decompose.cb_hook(controls.k_decompose)
     assert controls.decomposition is not None and controls.decomposition.num_segments >= 2
     assert "decomposed" in controls.last_message
     clusters = model.get_outputs_for_camera(camera)["clusters"]
@@ -491,6 +557,141 @@ def test_outputs_for_display_modes_and_decomposition(controls, scene):
     controls.overlay_all_renders = False
     untouched = model.get_outputs_for_camera(camera)
     assert "selection" not in untouched and torch.equal(untouched["rgb"], plain["rgb"])
+
+
+def find(controls, phrase: str) -> None:
+    """What a user does: type the phrase into *Text prompt*, press *Find*."""
+    set_value(controls.e_text, phrase)
+    controls.f_find.cb_hook(controls.f_find)
+
+
+def eval_view_ious(controls, scene, gaussian_mask, name) -> list:
+    """IoU of the selection rendered in every eval view with the named ground-truth object there."""
+    segmenter = Segmenter(controls._model())
+    dataset = controls._pipeline_ref().datamanager.eval_dataset
+    frames = [int(Path(name).stem.split("_")[1]) for name in dataset.image_filenames]  # frame_00001.png -> 1
+    target_id = object_id(scene, name)
+    return [iou(segmenter.render_mask(dataset.cameras[i : i + 1], gaussian_mask).cpu().numpy(),
+                objects_of(scene, frame) == target_id) for i, frame in enumerate(frames)]
+
+
+@pytest.mark.slow
+def test_text_prompt_selects_exports_and_shows_relevancy(controls, scene):
+    """Find "mushroom" on the tiny SAGA run: the selection is the segmenter's answer and the mushroom in the eval
+    views, Export writes it, and the relevancy output is the rendered relevancy in turbo, higher on the mushroom.
+
+    ("table" selects the table's top only on this tiny run: the most relevant mask of the most voted segment is the
+    top, so its IoU with the whole table is about 0.5; the mushroom's cap is most of the mushroom.)"""
+    model = controls._model()
+    camera = controls.camera_override
+    target = objects_of(scene) == object_id(scene, "mushroom")
+    assert controls.e_text.visible and controls.f_find.visible and not controls.g_no_text.visible
+
+    find(controls, "mushroom")
+    selection = controls.selection
+    assert isinstance(selection, TextSelection) and selection.phrase == "mushroom" and not selection.empty, \
+        controls.last_message
+    facts = selection.facts
+    assert controls.last_message.startswith(
+        f'Text "mushroom": selected **{selection.count}** of {model.num_points} Gaussians '
+        f'({facts["votes"]} votes, relevancy {facts["relevancy"]:.2f})')
+    language = controls._language
+    assert language is not None
+    expected = Segmenter(model, language=language).text("mushroom")
+    assert torch.equal(selection.gaussian_mask, expected.gaussian_mask)
+    ious = eval_view_ious(controls, scene, selection.gaussian_mask, "mushroom")
+    print(f"text 'mushroom': {selection.count} Gaussians, facts {facts}, eval-view IoU {[round(v, 3) for v in ious]}")
+    assert ious[0] > 0.5 and float(np.mean(ious)) > 0.5
+
+    # Export writes the text selection
+    controls.l_export.cb_hook(controls.l_export)
+    path = controls.run_dir / "segments" / "selection_0.ply"
+    assert path.is_file() and controls.m_export_path.value == str(path)
+    from segsplat_ns.export import export_selection
+
+    exported = export_selection(model.gauss_params, selection.gaussian_mask, sh_degree_colors=model.config.sh_degree > 0)
+    assert len(read_splat_ply(path)["x"]) == int(exported.sum()) > 0
+
+    # the relevancy output: Segmenter.relevancy_map in turbo, higher on the mushroom than off it
+    controls.overlay_all_renders = True
+    model.eval()
+    outputs = model.get_outputs_for_camera(camera)
+    shown = outputs["relevancy"]
+    assert shown.shape == (48, 48, 3) and float(shown.min()) >= 0.0 and float(shown.max()) <= 1.0
+    relevancy = Segmenter(model, language=language).relevancy_map(camera, selection)
+    assert torch.allclose(shown, relevancy_colors(relevancy[..., None]), atol=0.02)
+    on, off = float(relevancy[target].mean()), float(relevancy[~target].mean())
+    # turbo runs from dark purple (0) through blue and green to orange and red: red minus blue is about -0.04 at 0
+    # and 0.4 to 0.8 above 0.5
+    warmth = shown[..., 0] - shown[..., 2]
+    warm_on, warm_off = float(warmth[target].mean()), float(warmth[~target].mean())
+    print(f"relevancy on the mushroom {on:.3f}, off it {off:.3f}; red-blue on {warm_on:.3f}, off {warm_off:.3f}")
+    assert on > off + 0.2 and warm_on > warm_off + 0.2
+    assert iou(outputs["selection"][..., 0].cpu().numpy() > 0.5, target) > 0.5
+
+    # a second prompt reuses the language context; the Scale slider does not change a text selection
+    find(controls, "table")
+    assert controls._language is language and controls.selection.phrase == "table"
+    table = controls.selection.gaussian_mask.clone()
+    assert not (table & selection.gaussian_mask).any()
+    set_value(controls.c_scale, 0.2)
+    assert torch.equal(controls.selection.gaussian_mask, table) and '"table"' in controls.last_message
+    # a click replaces the text selection (and the relevancy output goes); Undo brings the text back, then "mushroom"
+    set_value(controls.b_click_mode, MODE_ADD)
+    controls.on_click(viewer_click(interior_point(target), camera))
+    assert not isinstance(controls.selection, TextSelection) and "Selected" in controls.last_message
+    assert "relevancy" not in model.get_outputs_for_camera(camera)
+    controls.h_undo.cb_hook(controls.h_undo)
+    assert torch.equal(controls.selection.gaussian_mask, table) and 'Text "table"' in controls.last_message
+    assert "relevancy" in model.get_outputs_for_camera(camera)
+    controls.h_undo.cb_hook(controls.h_undo)
+    assert torch.equal(controls.selection.gaussian_mask, selection.gaussian_mask)
+    # reset clears a text selection; undo brings it back
+    controls.i_reset.cb_hook(controls.i_reset)
+    assert controls.selection is None and "relevancy" not in model.get_outputs_for_camera(camera)
+    controls.h_undo.cb_hook(controls.h_undo)
+    assert torch.equal(controls.selection.gaussian_mask, selection.gaussian_mask)
+
+
+@pytest.mark.slow
+def test_text_prompt_problems_are_messages(controls, capsys, monkeypatch):
+    """An empty prompt, one nothing matches, an unknown phrase, a run without language features: a message each,
+    nothing selected, nothing stored."""
+    for phrase, says in (("   ", "empty text prompt"), ("robot", 'nothing in this scene matches "robot"'),
+                         ("zebra", "Unknown phrase 'zebra': the synthetic scene's stand-in text encoder")):
+        find(controls, phrase)
+        assert says in controls.last_message and not controls.last_message.startswith("Error")
+        assert controls.selection is None and not controls.history, phrase
+    # with a selection, a prompt that fails leaves it as it was and says so
+    find(controls, "table")
+    table = controls.selection
+    assert isinstance(table, TextSelection) and not table.empty
+    find(controls, "robot")
+    assert "nothing in this scene matches" in controls.last_message and "selection is unchanged" in controls.last_message
+    assert controls.selection is table and len(controls.history) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+
+    # a run without language features: the message names the flag to train with
+    pipeline = controls._pipeline_ref()
+    monkeypatch.setattr(pipeline.datamanager.config.language, "source", "none")
+    fresh = SegmentationControls(pipeline)
+    fresh.e_text.value = "table"
+    fresh.f_find.cb_hook(fresh.f_find)
+    assert "Text prompts need language features" in fresh.last_message
+    assert "--pipeline.datamanager.language.source" in fresh.last_message and fresh.selection is None
+    pipeline.model.viewer_hook = controls.add_outputs
+
+
+@pytest.mark.slow
+def test_binary_gaussian_has_no_text_mode(binary_controls):
+    """No text mode in the contract: Text prompt and Find hidden, the line saying so shown; Find still answers."""
+    controls = binary_controls
+    assert not controls._model().text_support
+    assert not controls.e_text.gui_handle.visible and not controls.f_find.gui_handle.visible
+    assert controls.g_no_text.gui_handle.visible and "no text mode" in controls.g_no_text.value
+    find(controls, "table")
+    assert "does not answer text prompts" in controls.last_message and controls.selection is None
 
 
 @pytest.mark.slow
@@ -518,7 +719,7 @@ def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
     assert "level 2 of 3" in controls.last_message
     assert torch.equal(fine, segmenter.click(camera, [pixel], model.scale_for_level(1)).gaussian_mask)
     assert len(torch.unique(model.gaussian_prefixes(1)[fine])) == 1
-    controls.e_undo.cb_hook(controls.e_undo)  # undo goes back to before the click (level changes are not steps)
+    controls.h_undo.cb_hook(controls.h_undo)  # undo goes back to before the click (level changes are not steps)
     assert controls.selection is None
 
     # panoptic output types: a colour per code prefix of each level, nested (level 2 refines level 1)
@@ -538,7 +739,7 @@ def test_binary_gaussian_gets_a_level_selector(binary_controls, scene):
     assert 2 <= distinct[0] <= distinct[1]
 
     # decompose at level 2: the code prefixes themselves, no clustering
-    controls.h_decompose.cb_hook(controls.h_decompose)
+    controls.k_decompose.cb_hook(controls.k_decompose)
     assert torch.equal(controls.decomposition.labels, model.labels_at_scale(model.scale_for_level(1)).cpu())
     assert "level 2 of 3" in controls.last_message
 
@@ -671,8 +872,8 @@ def test_browser_click_selects_the_object(browser, live_viewer, scene):
     assert wait_for(viewer.viser_server.get_clients, 60), "the browser never connected to the viewer"
 
     # the segmentation panel renders, in order
-    labels = ["Click mode", "Scale", "Threshold", "Undo click", "Reset selection", "Display", "Decompose scene",
-              "Export selection (.ply)", "Exported to"]
+    labels = ["Click mode", "Scale", "Threshold", "Text prompt", "Find", "Undo click", "Reset selection", "Display",
+              "Decompose scene", "Export selection (.ply)", "Exported to"]
     def panel_text():
         text = driver.find_element(By.TAG_NAME, "body").text
         return text if all(label in text for label in labels) else None
@@ -729,13 +930,64 @@ def test_browser_click_selects_the_object(browser, live_viewer, scene):
     screenshot(driver, "viewer_selection.png")
 
     # the affinity output type
+    if choose_output_type(driver, "affinity"):
+        time.sleep(4.0)
+        show_panel(driver)
+        screenshot(driver, "viewer_affinity.png")
+
+
+def choose_output_type(driver, name: str) -> bool:
+    """Choose an output type in Render Options, like a user; False when the dropdown does not offer it."""
+    from selenium.webdriver.common.by import By
+
     output_type = driver.find_element(By.XPATH, "//label[normalize-space()='Output type']/following::input[1]")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", output_type)
     output_type.click()
     option = wait_for(lambda: [o for o in driver.find_elements(By.XPATH, "//*[@role='option']")
-                               if o.text.strip() == "affinity"], 10)
-    if option:
-        option[0].click()
-        time.sleep(4.0)
-        show_panel(driver)
-        screenshot(driver, "viewer_affinity.png")
+                               if o.text.strip() == name], 10)
+    if not option:
+        return False
+    option[0].click()
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_browser_text_prompt_selects_the_object(browser, live_viewer, scene):
+    """Type "mushroom" into Text prompt, press Find: the mushroom is selected, highlighted, and the relevancy output
+    type is offered."""
+    from selenium.webdriver.common.by import By
+
+    driver, viewer, controls = browser, live_viewer.viewer, live_viewer.controls
+    driver.get(live_viewer.url)
+    assert wait_for(viewer.viser_server.get_clients, 60), "the browser never connected to the viewer"
+    assert wait_for(lambda: "Text prompt" in driver.find_element(By.TAG_NAME, "body").text, 60), \
+        "the text prompt did not render"
+    camera = live_viewer.pipeline.datamanager.eval_dataset.cameras[0:1]
+    look_through(viewer, camera)
+    assert wait_for(lambda: "0x0px" not in viewer.stats_markdown.content, 120), "the viewer never rendered"
+
+    box = driver.find_element(By.XPATH, "//label[normalize-space()='Text prompt']/following::input[1]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.click()
+    box.send_keys("mushroom")
+    assert wait_for(lambda: controls.e_text.value == "mushroom", 10), f"the text box holds {controls.e_text.value!r}"
+    driver.find_element(By.XPATH, "//button[normalize-space()='Find']").click()
+    assert wait_for(lambda: isinstance(controls.selection, TextSelection), 180), \
+        f"no text selection after Find: {controls.last_message}"
+
+    # the selection is the mushroom, seen from eval view 0
+    target = objects_of(scene) == object_id(scene, "mushroom")
+    rendered = Segmenter(live_viewer.pipeline.model).render_mask(camera, controls.selection.gaussian_mask)
+    assert iou(rendered.cpu().numpy(), target) > 0.5
+    assert wait_for(lambda: 'Text "mushroom": selected' in driver.find_element(By.TAG_NAME, "body").text, 20), \
+        "the status did not update in the page"
+    time.sleep(4.0)  # let the highlighted render arrive
+    show_panel(driver)
+    screenshot(driver, "viewer_text.png")
+
+    # the relevancy output type is offered while the selection is the text prompt's
+    assert choose_output_type(driver, "relevancy"), "no relevancy output type"
+    time.sleep(4.0)
+    show_panel(driver)
+    screenshot(driver, "viewer_relevancy.png")

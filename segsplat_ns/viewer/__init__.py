@@ -5,7 +5,7 @@
   decomposition); pure, no viewer imports.
 - :mod:`~segsplat_ns.viewer.panel`: :class:`SegmentationControls`, the panel the pipeline owns (viewer elements,
   callbacks, status messages, locks, the decomposition worker, export).
-- :mod:`~segsplat_ns.viewer.overlay`: the render overlay (``selection`` / ``affinity`` / ``clusters`` outputs and
+- :mod:`~segsplat_ns.viewer.overlay`: the render overlay (``selection`` / ``affinity`` / ``clusters`` / ``relevancy`` outputs and
   the highlighted RGB).
 """
 

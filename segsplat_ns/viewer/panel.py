@@ -3,7 +3,7 @@
 :class:`SegmentationControls` is owned by :class:`~segsplat_ns.pipeline.SegSplatPipeline` (attribute
 ``segmentation``). nerfstudio's viewer scrapes the pipeline's module tree for ``ViewerElement`` and
 ``ViewerControl`` objects (``nerfstudio/viewer/utils.py::parse_object``, in ``dir()`` order, i.e. alphabetical
-by attribute name), so the elements below are attributes with ``a_``..``k_`` prefixes and appear, in this
+by attribute name), so the elements below are attributes with ``a_``..``n_`` prefixes and appear, in this
 order, in the folder *Custom Elements / segmentation* of the Control tab:
 
 ====================  =================================================================================
@@ -13,7 +13,10 @@ Click mode            Off / Add (positive click) / Subtract (negative click): re
 Scale, Threshold      re-segment from the stored clicks (and re-render). For a model whose ``granularity`` has
                       discrete levels, *Scale* is a *Level* dropdown instead (``Segmenter.scale_for_level``);
                       for one whose ``wording.uses_threshold`` is False, *Threshold* is disabled
-Undo, Reset           undo the last click / reset; Undo also undoes a Reset
+Text prompt, Find     ``Segmenter.text`` of the typed phrase (the run's language features, loaded on the first
+                      Find): its selection replaces the clicks (output ``relevancy``). For a model whose
+                      ``text_support`` is empty both are hidden and *No text mode* says why
+Undo, Reset           undo the last click, text prompt or reset; Undo also undoes a Reset
 Display               the selection in the RGB render: highlighted (others dimmed), alone, or not at all
 Decompose scene       every Gaussian coloured by its segment at the current scale (``Segmenter.decomposition``,
                       output ``clusters``); pressing it again at another scale recomputes
@@ -56,7 +59,8 @@ from nerfstudio.viewer.viewer_elements import (
 from torch import nn
 
 from segsplat_ns.contract import Granularity
-from segsplat_ns.segmenter import Click, PromptError, Segmenter, Selection
+from segsplat_ns.errors import SegsplatError
+from segsplat_ns.segmenter import Click, PromptError, Segmenter, Selection, TextSelection
 from segsplat_ns.viewer.overlay import DISPLAY_HIGHLIGHT, DISPLAY_MODES, decomposition_of
 from segsplat_ns.viewer.overlay import add_outputs as add_overlay
 from segsplat_ns.viewer.session import Decomposition, SegmentationSession, Snapshot
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
 
     from segsplat_ns.base_model import SegSplatModel
+    from segsplat_ns.language.context import LanguageContext
 
 MODE_OFF = "Off"
 MODE_ADD = "Add (positive click)"
@@ -88,6 +93,8 @@ SCALE_HINT = (
 LEVEL_HINT = "Granularity of what a click selects (level 1: coarsest, whole objects)."
 THRESHOLD_HINT = "Affinity a Gaussian needs to be selected: lower selects more."
 NO_THRESHOLD_HINT = "This method's scores are the selection itself (0 or 1): the threshold has no effect."
+TEXT_HINT = "What to find, e.g. an object's name; press Find. Method: {support}."
+NO_TEXT_HINT = "**Text prompts:** this method has no text mode; click objects instead."
 
 
 def nerfstudio_viewer(control: ViewerControl) -> Optional["Viewer"]:
@@ -180,23 +187,31 @@ class SegmentationControls(nn.Module):
             cb_hook=self._guarded(self._on_slider),
             hint=THRESHOLD_HINT if self._uses_threshold else NO_THRESHOLD_HINT,
         )
-        self.e_undo = ViewerButton("Undo click", cb_hook=self._guarded(self._on_undo))
-        self.f_reset = ViewerButton("Reset selection", cb_hook=self._guarded(self._on_reset))
-        self.g_display = ViewerDropdown(
+        # text prompts: only for a method that declares a text mode; otherwise a line saying there is none
+        self._text_support: str = model.text_support
+        has_text = bool(self._text_support)
+        self.e_text = ViewerText(
+            "Text prompt", "", visible=has_text, hint=TEXT_HINT.format(support=self._text_support or "none")
+        )
+        self.f_find = ViewerButton("Find", cb_hook=self._guarded(self._on_find), visible=has_text)
+        self.g_no_text = ViewerMarkdown("No text mode", NO_TEXT_HINT, visible=not has_text)
+        self.h_undo = ViewerButton("Undo click", cb_hook=self._guarded(self._on_undo))
+        self.i_reset = ViewerButton("Reset selection", cb_hook=self._guarded(self._on_reset))
+        self.j_display = ViewerDropdown(
             "Display",
             DISPLAY_HIGHLIGHT,
             DISPLAY_MODES,
-            hint="How the selection shows in the RGB output. The 'selection', 'affinity' and 'clusters' "
-            "output types (Render Options > Output type) show the masks themselves.",
+            hint="How the selection shows in the RGB output. The 'selection', 'affinity', 'relevancy' (text "
+            "prompts) and 'clusters' output types (Render Options > Output type) show the masks themselves.",
         )
-        self.h_decompose = ViewerButton("Decompose scene", cb_hook=self._guarded(self._on_decompose))
-        self.i_export = ViewerButton("Export selection (.ply)", cb_hook=self._guarded(self._on_export))
-        self.j_export_path = ViewerText(
+        self.k_decompose = ViewerButton("Decompose scene", cb_hook=self._guarded(self._on_decompose))
+        self.l_export = ViewerButton("Export selection (.ply)", cb_hook=self._guarded(self._on_export))
+        self.m_export_path = ViewerText(
             "Exported to", "", hint="The last .ply written (ns-export gaussian-splat format)."
         )
         self.viewer_control = ViewerControl()
 
-        self.session = SegmentationSession(self._segmenter)
+        self.session = SegmentationSession(self._segmenter, text_segmenter=self._text_segmenter)
         """Clicks, undo history, selection and decomposition (read by the render thread)."""
         self.last_export: Optional[Path] = None
         self.last_message: str = START_HINT
@@ -211,6 +226,7 @@ class SegmentationControls(nn.Module):
         self._pointer_registered = False
         self._features_seen: Optional[bool] = None
         self._worker: Optional[threading.Thread] = None
+        self._language: Optional["LanguageContext"] = None  # built on the first Find, then kept
 
         model.viewer_hook = self.add_outputs
 
@@ -280,7 +296,7 @@ class SegmentationControls(nn.Module):
         def run(*args: Any) -> None:
             try:
                 callback(*args)
-            except PromptError as error:
+            except SegsplatError as error:  # a prompt, method or run that cannot answer: its message says why
                 self.say(str(error), warning=True)
             except Exception as error:  # noqa: BLE001 - shown in the viewer, logged as one line
                 CONSOLE.print(f"[segmentation] {type(error).__name__}: {error}", style="bold yellow")
@@ -307,6 +323,18 @@ class SegmentationControls(nn.Module):
         if not model.has_features:
             raise PromptError(NO_FEATURES_HINT)
         return Segmenter(model, threshold=self._threshold)
+
+    def _text_segmenter(self) -> Segmenter:
+        """A segmenter that answers text prompts: the run's language context attached (built once, on first use).
+        Raises the segmenter's own refusal for a method without a text mode before loading anything."""
+        segmenter = self._segmenter()
+        if self._text_support and self._language is None:
+            from segsplat_ns.language.context import language_context
+
+            self._language = language_context(self._pipeline_ref())
+        segmenter.language = self._language
+        segmenter.check_text_support()
+        return segmenter
 
     # ---- scale / level / threshold -------------------------------------------------------------------------
     def _level_labels(self) -> List[str]:
@@ -416,6 +444,9 @@ class SegmentationControls(nn.Module):
         if selection is None:
             self.say("Undone: no click left. " + START_HINT)
             return
+        if isinstance(selection, TextSelection):
+            self._show_text(selection)
+            return
         if selection.empty:
             self.say(f"Nothing selected: {selection.message or 'empty selection'}.", warning=True)
             return
@@ -427,11 +458,46 @@ class SegmentationControls(nn.Module):
             f"({positives} add / {negatives} subtract click(s), {where}{self._threshold_text()})."
         )
 
+    # ---- text prompts ----------------------------------------------------------------------------------------
+    def _on_find(self, _element=None) -> None:
+        # runs under the viewer's train lock (nerfstudio wraps element callbacks), like the sliders
+        phrase = str(self.e_text.value)
+        try:
+            with self._eval_model():
+                selection = self.session.text(phrase)
+        except SegsplatError as error:
+            # an empty or unknown phrase, one nothing matches, no text mode, no language features: nothing stored
+            unchanged = " The selection is unchanged." if self.session.selection is not None else ""
+            self.say(f"{error}{unchanged}", warning=True)
+            return
+        self._show_text(selection)
+
+    def _show_text(self, selection: TextSelection) -> None:
+        """Say what a text prompt selected, with the method's facts about it (votes, relevancy) when it gives them."""
+        model = self._model()
+        total = model.num_points if model is not None else selection.gaussian_mask.numel()
+        facts = selection.facts
+        details = []
+        if "votes" in facts:
+            details.append(f"{facts['votes']} votes")
+        if isinstance(facts.get("relevancy"), float):
+            details.append(f"relevancy {facts['relevancy']:.2f}")
+        about = f" ({', '.join(details)})" if details else ""
+        self.say(
+            f'Text "{selection.phrase}": selected **{selection.count}** of {total} Gaussians{about}. '
+            "Output type **relevancy** shows how well each part matches."
+        )
+
     # ---- sliders, undo, reset --------------------------------------------------------------------------------
     def _on_slider(self, _element=None) -> None:
         # runs under the viewer's train lock (nerfstudio wraps element callbacks); one re-segmentation
         segmenter = self._segmenter()
         scale, where = self._prompt_size(segmenter)
+        text = self.session.text_selection
+        if text is not None:
+            self.say(f'{where.capitalize()}{self._threshold_text()}: the selection is the text prompt '
+                     f'"{text.phrase}", which these do not change. They apply to the next click.')
+            return
         if not self.session.clicks:
             self.say(
                 f"{where.capitalize()}{self._threshold_text()}: no click yet, nothing to re-segment. "
@@ -507,7 +573,8 @@ class SegmentationControls(nn.Module):
 
         selection = self.session.selection
         if selection is None or selection.empty:
-            self.say("Nothing to export: the selection is empty. Click an object first (Click mode: Add).", warning=True)
+            self.say("Nothing to export: the selection is empty. Click an object first (Click mode: Add) or Find a "
+                     "text prompt.", warning=True)
             return None
         model = self._model()
         assert model is not None
@@ -523,7 +590,7 @@ class SegmentationControls(nn.Module):
         path = folder / f"selection_{index}.ply"
         count = write_splat_ply(path, model.gauss_params, mask.cpu(), sh_degree_colors=model.config.sh_degree > 0)
         self.last_export = path
-        self.j_export_path.value = str(path)
+        self.m_export_path.value = str(path)
         self.say(f"Exported **{count}** Gaussians to `{path}`.")
         return path
 
@@ -551,7 +618,7 @@ class SegmentationControls(nn.Module):
             return outputs
         session = self.session
         return add_overlay(model, camera, crop_ids, outputs, session.selection, session.decomposition,
-                              self.g_display.value)
+                              self.j_display.value)
 
 
 __all__ = ["CLICK_MODES", "MODE_ADD", "MODE_OFF", "MODE_SUBTRACT", "NO_FEATURES_HINT", "START_HINT",

@@ -3,13 +3,18 @@ decomposition.
 
 Pure: torch and :mod:`segsplat_ns.segmenter` only, no nerfstudio viewer or viser, so it is tested without a
 viewer (``tests/test_viewer.py``). Every segmentation question goes to a :class:`~segsplat_ns.segmenter.Segmenter`
-(``click`` for the probe of a new click, ``select`` for the multi-camera union of the stored clicks); the session
-only remembers. The viewer's panel (:mod:`segsplat_ns.viewer.panel`) owns one session and holds the viewer's train
-lock around its calls.
+(``click`` for the probe of a new click, ``select`` for the multi-camera union of the stored clicks, ``text`` for a
+text prompt); the session only remembers. The viewer's panel (:mod:`segsplat_ns.viewer.panel`) owns one session and
+holds the viewer's train lock around its calls.
 
-Undo steps are clicks and resets (a reset is undone like a click); moving the scale, level or threshold re-segments
-the stored clicks but is not a step. Every snapshot remembers the scale and threshold its selection was made at, so
-an undo re-segments the restored clicks only when they differ from the current ones.
+Undo steps are clicks, text prompts and resets (a reset is undone like a click); moving the scale, level or
+threshold re-segments the stored clicks but is not a step. Every snapshot remembers the scale and threshold its
+selection was made at, so an undo re-segments the restored clicks only when they differ from the current ones.
+
+A text prompt (``Segmenter.text``) replaces the clicks: its selection becomes the current one and the click list is
+emptied, so the next click starts a new click selection (and Undo goes back to the text selection). A text selection
+does not depend on the scale or threshold (the method chooses its own), so it is never re-segmented: an undo restores
+it as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from segsplat_ns.segmenter import Click, PromptError, Segmenter, Selection
+from segsplat_ns.segmenter import Click, PromptError, Segmenter, Selection, TextSelection
 
 HISTORY_LIMIT = 50
 """Undo steps kept (the oldest are dropped)."""
@@ -57,11 +62,14 @@ class SegmentationSession:
 
     ``segmenter`` makes the :class:`Segmenter` to ask (called only when a step needs one, so that a step that needs
     none works without trained features); it may raise :class:`PromptError` to say why there is none.
+    ``text_segmenter`` (default: ``segmenter``) makes the one text prompts ask, i.e. one with a language context.
     State changes only when a step succeeds: a step that raises leaves the session as it was.
     """
 
-    def __init__(self, segmenter: Callable[[], Segmenter], history_limit: int = HISTORY_LIMIT) -> None:
+    def __init__(self, segmenter: Callable[[], Segmenter], history_limit: int = HISTORY_LIMIT,
+                 text_segmenter: Optional[Callable[[], Segmenter]] = None) -> None:
         self._segmenter = segmenter
+        self._text_segmenter = text_segmenter or segmenter
         self.history_limit = history_limit
         self.clicks: List[Click] = []
         self.selection: Optional[Selection] = None
@@ -87,6 +95,11 @@ class SegmentationSession:
     @property
     def can_undo(self) -> bool:
         return bool(self.history)
+
+    @property
+    def text_selection(self) -> Optional[TextSelection]:
+        """The current selection when a text prompt made it (None: no selection, or clicks made it)."""
+        return self.selection if isinstance(self.selection, TextSelection) else None
 
     # ---- steps -------------------------------------------------------------------------------------------
     def click(self, click: Click, scale: float, threshold: float) -> Selection:
@@ -120,16 +133,34 @@ class SegmentationSession:
         self._set(selection, scale, threshold)
         return selection
 
-    def undo(self, scale: float, threshold: float) -> Optional[Selection]:
-        """Go back one step (a click or a reset) and return the restored selection (None: no click left).
+    def text(self, phrase: str) -> TextSelection:
+        """Select what a text prompt names (an undoable step that replaces the clicks) and return the selection.
 
-        The restored clicks are re-segmented when the scale or threshold changed since their selection was made.
+        A prompt that selects nothing raises :class:`PromptError` with the segmenter's reason and is not stored,
+        like a click on empty background: there is no slider that would make it select something.
+        """
+        selection = self._text_segmenter().text(phrase)
+        if selection.empty:
+            raise PromptError(selection.message or f'nothing selected for "{selection.phrase}"')
+        self._push()
+        self.clicks = []
+        self._set(selection, None, None)
+        return selection
+
+    def undo(self, scale: float, threshold: float) -> Optional[Selection]:
+        """Go back one step (a click, a text prompt or a reset) and return the restored selection (None: nothing
+        selected before it).
+
+        The restored clicks are re-segmented when the scale or threshold changed since their selection was made; a
+        restored text selection is restored as it was.
         """
         if not self.history:
             raise PromptError(NOTHING_TO_UNDO)
         snapshot = self.history[-1]
         clicks = list(snapshot.clicks)
-        if not clicks:
+        if isinstance(snapshot.selection, TextSelection):
+            selection, scale_at, threshold_at = snapshot.selection, None, None
+        elif not clicks:
             selection, scale_at, threshold_at = None, None, None
         elif snapshot.selection is None or (snapshot.scale, snapshot.threshold) != (scale, threshold):
             selection = self._segmenter().select(clicks, scale, threshold)
@@ -164,8 +195,10 @@ class SegmentationSession:
 
     # ---- internals ---------------------------------------------------------------------------------------
     def _set(self, selection: Optional[Selection], scale: Optional[float], threshold: Optional[float]) -> None:
+        # a text selection is made at no scale or threshold of the sliders
         self.selection = selection
-        self.scale, self.threshold = (scale, threshold) if selection is not None else (None, None)
+        made_at = selection is not None and not isinstance(selection, TextSelection)
+        self.scale, self.threshold = (scale, threshold) if made_at else (None, None)
 
     def _push(self) -> None:
         self.history.append(Snapshot(list(self.clicks), self.selection, self.scale, self.threshold))
