@@ -10,6 +10,8 @@ each batch also carries ``language``: that image's per-level mask-index maps and
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
@@ -23,6 +25,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
 )
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
+from segsplat_ns.errors import InputError
 from segsplat_ns.eval.ground_truth import GroundTruth, load_ground_truth
 from segsplat_ns.language.sources import LanguageSourceConfig
 from segsplat_ns.masks.cache import MaskCache
@@ -60,11 +63,7 @@ class SegSplatDataManager(FullImageDatamanager):
             # nerfstudio's "cpu" cache pins memory, which needs CUDA; its "gpu" cache means "on self.device"
             config.cache_images = "gpu"
         data = config.data if config.data is not None else config.dataparser.data
-        if not Path(data).exists():
-            raise FileNotFoundError(
-                f"Dataset folder {data} does not exist. Pass --data <folder with transforms.json>, "
-                "e.g. one made by `segsplat make-scene --output data/synthetic`."
-            )
+        check_dataset(Path(data))
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
         self.train_masks: Optional[Sequence[torch.Tensor]] = None
         self.train_language = None
@@ -75,7 +74,8 @@ class SegSplatDataManager(FullImageDatamanager):
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.config.dataparser.data)
+        """The dataset's folder, also when --data names its transforms.json (nerfstudio accepts both)."""
+        return dataset_root(self.config.dataparser.data)
 
     @property
     def mask_cache_dir(self) -> Path:
@@ -86,6 +86,15 @@ class SegSplatDataManager(FullImageDatamanager):
         if image.dtype != torch.uint8:
             image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         return image.cpu().numpy()
+
+    def check_feature_inputs(self) -> None:
+        """At start-up, before stage one: raise a :class:`SegsplatError` for anything the feature stage would
+        fail on (mask files or SAM weights, an unwritable cache folder, malformed ground truth), so that a bad
+        input never costs the RGB stage."""
+        paths = [Path(p) for p in self.train_dataset.image_filenames]
+        self.config.masks.check_available(self.data_dir, paths)
+        check_writable_folder(self.mask_cache_dir, "--pipeline.datamanager.cache-dir")
+        self.eval_ground_truth()  # GroundTruthError names the file
 
     def load_train_masks(self) -> Sequence[torch.Tensor]:
         """2D masks of every training image, from the cache or the mask source (slow for SAM: progress bar)."""
@@ -160,3 +169,69 @@ class SegSplatDataManager(FullImageDatamanager):
                 self._eval_ground_truth.text = load_text_ground_truth(self.data_dir, paths, sizes)
             self._eval_ground_truth_loaded = True
         return self._eval_ground_truth
+
+
+MAKE_DATASET_HINT = ("make one with `ns-process-data images --data <your images> --output-dir <folder>` (COLMAP poses) "
+                     "or try `segsplat make-scene --output data/synthetic`")
+
+
+def dataset_root(data: Union[str, Path]) -> Path:
+    """The dataset folder of a ``--data`` value: the folder itself, or the folder of a transforms.json given."""
+    data = Path(data)
+    return data.parent if data.suffix.lower() == ".json" else data
+
+
+def check_dataset(data: Path) -> None:
+    """One clear line (naming ns-process-data) instead of the dataparser's traceback for a missing folder, a folder
+    without transforms.json, a malformed transforms.json or one listing missing images."""
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(
+            f"Dataset folder {data} does not exist. ns-train: pass --data <folder with transforms.json>, e.g. one "
+            "made by `segsplat make-scene --output data/synthetic`. ns-eval / ns-viewer: a run's relative --data is "
+            "read from the folder ns-train ran in: run them from there (segsplat commands find it themselves)."
+        )
+    transforms = data if data.is_file() else data / "transforms.json"
+    if data.is_file() and data.suffix.lower() != ".json":
+        raise InputError(f"--data {data} is a file, not a dataset: pass the folder holding transforms.json")
+    if not transforms.is_file():
+        what = "is empty" if data.is_dir() and not any(data.iterdir()) else "has no transforms.json (camera poses)"
+        raise InputError(f"--data {data} {what}: nerfstudio needs images plus a transforms.json; {MAKE_DATASET_HINT}.")
+    try:
+        meta = json.loads(transforms.read_text())
+    except UnicodeDecodeError as error:
+        raise InputError(f"{transforms} is not a text file ({error}); {MAKE_DATASET_HINT}.") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{transforms} is not valid JSON ({error}): fix or regenerate it ({MAKE_DATASET_HINT}).") from None
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise InputError(f"{transforms} lists no frames (a non-empty \"frames\" list of {{\"file_path\", "
+                         f"\"transform_matrix\"}} is needed): fix or regenerate it ({MAKE_DATASET_HINT}).")
+    root = transforms.parent
+    missing = []
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
+            raise InputError(f"{transforms}: frame {index} lacks \"file_path\" or \"transform_matrix\": fix or "
+                             f"regenerate it ({MAKE_DATASET_HINT}).")
+        path = Path(str(frame["file_path"]))
+        found = (path if path.is_absolute() else root / path).exists() or any(root.glob(f"images_*/{path.name}"))
+        if not found:  # (a downscaled copy, images_<n>/<name>, is what nerfstudio reads with --downscale-factor)
+            missing.append(str(frame["file_path"]))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise InputError(f"{transforms} lists {missing[0]}{more}, which does not exist under {root}: restore the "
+                         "image(s) or remove their frames from transforms.json.")
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and check a file can be written in it; else one line naming ``option``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".segsplat_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        next(iter(folder.iterdir()), None)  # readable too
+    except OSError as error:
+        raise InputError(f"cannot write into {folder} ({error.strerror or error}): fix its permissions or pass "
+                         f"{option} FOLDER") from None

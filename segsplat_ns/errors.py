@@ -21,8 +21,13 @@ class NotSupported(PromptError):
     """The method does not answer this kind of prompt (its contract says so)."""
 
 
+class InputError(SegsplatError, ValueError):
+    """A command-line value or input file that cannot be used; the message names the option or file and the fix."""
+
+
 def user_error_types() -> tuple:
-    return (SegsplatError, FileNotFoundError, FileExistsError)
+    # PermissionError: a folder the user cannot read or write is theirs to fix; its message names the path
+    return (SegsplatError, FileNotFoundError, FileExistsError, PermissionError)
 
 
 def run_with_clear_errors(command: Callable[[], int]) -> int:
@@ -30,5 +35,7 @@ def run_with_clear_errors(command: Callable[[], int]) -> int:
     try:
         return command()
     except user_error_types() as error:
-        print(f"\033[31merror:\033[0m {error}", file=sys.stderr)
+        # colour only on a terminal: a redirected log gets no raw escape codes
+        label = "\033[31merror:\033[0m" if getattr(sys.stderr, "isatty", lambda: False)() else "error:"
+        print(f"{label} {error}", file=sys.stderr)
         return 2

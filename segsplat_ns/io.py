@@ -23,10 +23,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows, else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    # what open() would have created: 0o666 less the umask; a replaced file keeps its own mode
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename (after an fsync),
-    on any error or interrupt it is removed and ``path`` is untouched."""
+    on any error or interrupt it is removed and ``path`` is untouched. The file gets the mode a plain ``open()``
+    would give it (0o666 less the umask; an existing file keeps its mode), not mkstemp's private 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -36,6 +58,7 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield temp
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(temp, _mode_for(path))
         os.replace(temp, path)
     finally:
         if temp.exists():

@@ -39,13 +39,17 @@ class SegSplatPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[torch.cuda.amp.GradScaler] = None,
     ):
+        from segsplat_ns.compat.configs import fill_missing_defaults
+
+        fill_missing_defaults(config)  # a run saved by an older segsplat_ns lacks the fields added since
         if test_mode != "val" and config.model.init_from is not None:
             # ns-eval / ns-viewer load our own checkpoint, which already holds everything init_from gave
             config.model.init_from = None
         try:
             super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
             if test_mode == "val":
-                config.datamanager.masks.check_available(self.datamanager.data_dir)
+                # everything the feature stage will need, checked before the RGB stage spends its time
+                self.datamanager.check_feature_inputs()
                 config.datamanager.language.check_available(self.datamanager.data_dir)
         except user_error_types() as error:
             raise SystemExit(f"error: {error}") from None  # a clear line from inside ns-train, not a traceback
@@ -54,8 +58,36 @@ class SegSplatPipeline(VanillaPipeline):
         # the web viewer's segmentation panel (parameter-free: the state dict is unchanged)
         self.segmentation = SegmentationControls(self)
 
+    def get_training_callbacks(self, training_callback_attributes):
+        # the trainer, to save the RGB stage before the feature stage is prepared (see checkpoint_rgb_stage)
+        self._trainer = getattr(training_callback_attributes, "trainer", None)
+        return super().get_training_callbacks(training_callback_attributes)
+
+    def load_pipeline(self, loaded_state, step: int) -> None:
+        super().load_pipeline(loaded_state, step)
+        if self.test_mode == "val":
+            try:
+                check_resume_stage(self.model, step)
+            except user_error_types() as error:
+                raise SystemExit(f"error: {error}") from None
+
+    def checkpoint_rgb_stage(self, step: int) -> None:
+        """Save the finished RGB stage (as step ``step - 1``, so --load-dir resumes at the stage switch) before
+        masks and scales are prepared: a failure there then costs nothing already trained."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or step <= 0 or self.model.config.init_from is not None:
+            return
+        try:
+            trainer.save_checkpoint(step - 1)
+        except (OSError, RuntimeError) as error:
+            CONSOLE.print(f"could not save the RGB stage before the feature stage ({error}); continuing")
+            return
+        CONSOLE.log(f"RGB stage saved (step {step - 1}) in {trainer.checkpoint_dir}: if the feature stage fails, "
+                    "resume from it with --load-dir and the same flags")
+
     def get_train_loss_dict(self, step: int):
         if self.model.in_feature_stage and not self.datamanager.masks_ready:
+            self.checkpoint_rgb_stage(step)
             try:
                 self.prepare_feature_stage()
             except user_error_types() as error:
@@ -104,9 +136,18 @@ class SegSplatPipeline(VanillaPipeline):
         metrics = super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
         if not self.model.has_features:
             return metrics
-        ground_truth = self.datamanager.eval_ground_truth()
+        try:
+            ground_truth = self.datamanager.eval_ground_truth()
+        except user_error_types() as error:
+            # the image metrics already computed are kept (and written to eval.json) with a clear line
+            CONSOLE.print(f"segmentation metrics skipped: {error}", markup=False)
+            return metrics
         if ground_truth is None:
-            CONSOLE.print("no segmentation ground truth (no gt/ folder in the dataset): segmentation metrics skipped")
+            CONSOLE.print(f"no segmentation ground truth (no {self.datamanager.data_dir / 'gt' / 'meta.json'}): "
+                          "segmentation metrics skipped", markup=False)
+            return metrics
+        if len(self.datamanager.eval_dataset) == 0:
+            CONSOLE.print("the dataset has no eval views: segmentation metrics skipped")
             return metrics
         from segsplat_ns.eval.protocol import evaluate_segmentation
         from segsplat_ns.segmenter import Segmenter
@@ -137,3 +178,16 @@ class SegSplatPipeline(VanillaPipeline):
             return {}
         metrics, _ = text_metrics(segmenter, cameras, ground_truth)
         return metrics
+
+
+def check_resume_stage(model, step: int) -> None:
+    """A checkpoint whose features were trained resumed with a larger ``rgb_steps`` (e.g. the flag not repeated)
+    would silently go back to the RGB stage and move the geometry under frozen features: refuse it clearly."""
+    from segsplat_ns.errors import InputError
+
+    if model.config.init_from is None and bool(model.features_trained) and step < model.config.rgb_steps:
+        raise InputError(
+            f"the checkpoint (step {step}) is already in the feature stage, but --pipeline.model.rgb-steps is "
+            f"{model.config.rgb_steps}, which would resume in the RGB stage and move the geometry under trained "
+            f"features: repeat the run's --pipeline.model.rgb-steps (at most {step}; see its config.yml)"
+        )

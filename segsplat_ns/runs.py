@@ -43,11 +43,62 @@ def load_run(config_path: Path, test_mode: str = "test"):
     config_path = Path(config_path)
     if not config_path.is_file():
         raise SegsplatError(f"--load-config {config_path}: no such file (pass the config.yml inside a run's folder)")
+    check_segsplat_run(read_run_config(config_path), config_path)
     allow_nerfstudio_checkpoints()
 
     def locate_checkpoints(config):
         # an absolute relative_model_dir wins over output_dir/experiment/method/timestamp, which is cwd-relative
         config.relative_model_dir = config_path.resolve().parent / "nerfstudio_models"
+        locate_dataset(config, config_path)
         return config
 
     return eval_setup(config_path, test_mode=test_mode, update_config_callback=locate_checkpoints)
+
+
+def read_run_config(config_path: Path):
+    """A run's config.yml as nerfstudio reads it (its classes are imported by the YAML tags)."""
+    import yaml
+
+    try:
+        return yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
+    except (yaml.YAMLError, ImportError, AttributeError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SegsplatError(f"--load-config {config_path} is not a readable nerfstudio config.yml ({first})") from None
+
+
+def check_segsplat_run(config, config_path: Path) -> None:
+    """Refuse, before the slow load, a run that is not a segsplat method (e.g. plain splatfacto)."""
+    from segsplat_ns.pipeline import SegSplatPipelineConfig
+    from segsplat_ns.registry import method_names
+
+    pipeline = getattr(config, "pipeline", None)
+    if not isinstance(pipeline, SegSplatPipelineConfig):
+        method = getattr(config, "method_name", None) or type(pipeline).__name__
+        raise SegsplatError(
+            f"--load-config {config_path} is a '{method}' run, not a segsplat one: train one with "
+            f"ns-train {' / '.join(method_names())} (with --pipeline.model.init-from {config_path} to reuse this "
+            "splat and skip the RGB stage)"
+        )
+
+
+def locate_dataset(config, config_path: Path) -> None:
+    """Find a run's dataset when its --data was relative and the command runs from another folder: relative paths
+    are read from the folder ns-train ran in, which the run folder's place tells."""
+    manager = config.pipeline.datamanager
+    data = manager.data if getattr(manager, "data", None) is not None else manager.dataparser.data
+    if data is None or Path(data).exists() or Path(data).is_absolute():
+        return
+    base = Path(config.get_base_dir()) if hasattr(config, "get_base_dir") else None
+    run_dir = Path(config_path).resolve().parent
+    if base is None or base.is_absolute() or len(base.parts) > len(run_dir.parents):
+        return
+    trained_in = run_dir.parents[len(base.parts) - 1]
+    candidate = trained_in / data
+    if not candidate.exists():
+        raise SegsplatError(
+            f"this run's dataset {data} is not found, neither here nor in {trained_in} (where ns-train ran): "
+            f"move it back, or edit 'data:' in {config_path} to its new place"
+        )
+    if getattr(manager, "data", None) is not None:
+        manager.data = candidate
+    manager.dataparser.data = candidate

@@ -69,6 +69,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segsplat_ns.errors import InputError
 from segsplat_ns.io import atomic_open
 
 FORMAT_VERSION = 1
@@ -763,14 +764,32 @@ def _remove_stale(folder: Path, keep: set, pattern: str) -> None:
             f.unlink()
 
 
+def check_scene_config(config: SceneConfig) -> None:
+    """Raise :class:`InputError` (a ValueError) naming the option for any value make-scene cannot use."""
+    problems = []
+    if not 1 <= config.num_objects <= 12:
+        problems.append(f"--num-objects {config.num_objects}: must be 1..12")
+    for name, value in (("--width", config.width), ("--height", config.height)):
+        if value < 8:
+            problems.append(f"{name} {value}: must be at least 8 pixels")
+    if config.num_train_views < 1:
+        problems.append(f"--num-train-views {config.num_train_views}: must be at least 1")
+    if config.num_eval_views < 1:
+        problems.append(f"--num-eval-views {config.num_eval_views}: must be at least 1 (ns-eval, the segmentation "
+                        "metrics and `segsplat segment --split eval` use the eval views)")
+    if config.points_per_part < 1:
+        problems.append(f"--points-per-part {config.points_per_part}: must be at least 1")
+    if not 0.0 <= config.mask_flaw_rate < 1.0:
+        problems.append(f"--mask-flaw-rate {config.mask_flaw_rate}: must be in [0, 1)")
+    if len(config.background) != 3 or not all(0 <= int(c) <= 255 for c in config.background):
+        problems.append(f"--background {' '.join(str(c) for c in config.background)}: three values in 0..255")
+    if problems:
+        raise InputError("make-scene: " + "; ".join(problems))
+
+
 def make_scene(config: SceneConfig) -> Path:
     """Generate the dataset described in the module docstring into ``config.output``; returns that folder."""
-    if config.width < 8 or config.height < 8:
-        raise ValueError("width and height must be at least 8 pixels")
-    if config.num_train_views < 1 or config.num_eval_views < 0:
-        raise ValueError("need at least one train view and a non-negative number of eval views")
-    if not 0.0 <= config.mask_flaw_rate < 1.0:
-        raise ValueError(f"mask_flaw_rate must be in [0, 1), got {config.mask_flaw_rate}")
+    check_scene_config(config)
     output = Path(config.output)
     scene = build_scene(config.seed, config.num_objects, config.background)
     _prepare_output(output, config.overwrite, config.language)

@@ -42,10 +42,86 @@ class Segment:
     threshold: float = 0.75
     """Similarity threshold: Gaussians with affinity above it are selected (methods with affinity scores)."""
     output: Optional[Path] = None
-    """Where to write the .ply (default: <run>/segments/<split><camera>_x<x>_y<y>_s<scale>.ply); the PNG goes beside."""
+    """Where to write the .ply; the PNG goes beside. Default: <run>/segments/<split><camera>_x<x>_y<y>_s<scale
+    with 2 decimals>.ply (_l<level> with --level), or <run>/segments/text_<prompt>.ply with --text."""
+    overwrite: bool = False
+    """Replace an existing output .ply / .png (without it, an existing file is an error)."""
 
     def main(self) -> int:
         return run_segment(self)
+
+
+def check_arguments(args: Segment) -> None:
+    """Every check that needs no pipeline, so a typo costs no load: prompt kind, scale, level, threshold, output."""
+    from segsplat_ns.segmenter import Segmenter
+
+    if (args.pixel is None) == (args.text is None):
+        raise SegsplatError("give either --pixel X Y (a click) or --text PROMPT")
+    if args.text is not None and not " ".join(str(args.text).split()):
+        raise SegsplatError('--text is empty: give what to find, e.g. --text "lamp"')
+    Segmenter.check_scale(args.scale)
+    if args.level is not None and args.level < 1:
+        raise SegsplatError(f"--level {args.level}: levels count from 1 (coarsest)")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise SegsplatError(f"--threshold {args.threshold} is outside [0, 1]: it is the similarity a Gaussian needs to "
+                            "be selected (below 0 everything is; the default is 0.75)")
+    if args.camera < 0:
+        raise SegsplatError(f"--camera {args.camera}: cameras count from 0")
+    if args.pixel is not None and min(args.pixel) < 0:
+        raise SegsplatError(f"--pixel {args.pixel[0]} {args.pixel[1]}: pixel coordinates start at 0")
+    config = Path(args.load_config)
+    if not config.is_file():
+        raise SegsplatError(f"--load-config {config}: no such file (pass the config.yml inside a run's folder)")
+    if args.output is not None or args.text is None:
+        output = click_output(args) if args.text is None else Path(args.output)
+        check_output(output, args.overwrite, extra=() if args.text is None else
+                     (output.with_name(output.stem + "_relevancy.png"),))
+
+
+def click_output(args: Segment) -> Path:
+    """The .ply a click writes: --output, else <run>/segments/<split><camera>_x<x>_y<y>_<s<scale>|l<level>>.ply."""
+    if args.output is not None:
+        return Path(args.output)
+    x, y = args.pixel
+    suffix = f"l{args.level}" if args.level is not None else f"s{args.scale:.2f}"
+    return Path(args.load_config).resolve().parent / "segments" / f"{args.split}{args.camera}_x{x}_y{y}_{suffix}.ply"
+
+
+def check_output(output: Path, overwrite: bool, extra: Tuple[Path, ...] = ()) -> None:
+    """Raise a one-line error unless ``output`` (a .ply; its .png beside it, and ``extra``) can be written."""
+    import os
+
+    output = Path(output)
+    if output.is_dir():
+        raise SegsplatError(f"--output {output} is a folder: give a file name inside it, e.g. {output / 'selection.ply'}")
+    if output.suffix.lower() != ".ply":
+        raise SegsplatError(f"--output {output}: give a file name ending in .ply (the PNG is written beside it)")
+    existing = [p for p in (output, output.with_suffix(".png"), *extra) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists: pass --overwrite to replace it, or choose another --output")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SegsplatError(f"--output {output}: {folder} is a file, not a folder: choose another --output")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SegsplatError(f"--output {output}: cannot write into {folder} (permission denied): choose another "
+                            "--output in a folder you can write to")
+
+
+def ground_truth_or_none(datamanager):
+    """The eval ground truth, or None with a line saying why IoU is not computed (missing or malformed: the
+    selection written stays valid, so the command still succeeds)."""
+    from segsplat_ns.errors import user_error_types
+
+    try:
+        ground_truth = datamanager.eval_ground_truth()
+    except user_error_types() as error:
+        print(f"IoU not computed: {error}")
+        return None
+    if ground_truth is None:
+        print("No segmentation ground truth in this dataset: IoU not computed.")
+    return ground_truth
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -63,8 +139,7 @@ def run_segment(args: Segment) -> int:
     from segsplat_ns.export import write_splat_ply
     from segsplat_ns.segmenter import Segmenter
 
-    if (args.pixel is None) == (args.text is None):
-        raise SegsplatError("give either --pixel X Y (a click) or --text PROMPT")
+    check_arguments(args)  # before the slow pipeline load
     if args.text is not None:
         return run_text_segment(args)
     _, pipeline, checkpoint, _ = load_run(args.load_config)
@@ -85,10 +160,7 @@ def run_segment(args: Segment) -> int:
         print(f"Nothing selected: {selection.message}. No files written.")
         return 1
 
-    run_dir = Path(args.load_config).resolve().parent
-    x, y = args.pixel
-    suffix = f"l{args.level}" if args.level is not None else f"s{args.scale:.2f}"
-    output = args.output or run_dir / "segments" / f"{args.split}{args.camera}_x{x}_y{y}_{suffix}.ply"
+    output = click_output(args)
     count = write_splat_ply(output, model.gauss_params, mask=selection.gaussian_mask)
     png = output.with_suffix(".png")
     with torch.no_grad():
@@ -112,8 +184,6 @@ def run_text_segment(args: Segment) -> int:
     from segsplat_ns.language.sources import LanguageSourceConfig
     from segsplat_ns.segmenter import Segmenter
 
-    if not " ".join(str(args.text).split()):
-        raise SegsplatError('--text is empty: give what to find, e.g. --text "lamp"')
     _, pipeline, _, _ = load_run(args.load_config)
     model = pipeline.model
     segmenter = Segmenter(model, threshold=args.threshold)
@@ -134,6 +204,7 @@ def run_text_segment(args: Segment) -> int:
     run_dir = Path(args.load_config).resolve().parent
     slug = "".join(c if c.isalnum() else "_" for c in selection.phrase)[:40]
     output = args.output or run_dir / "segments" / f"text_{slug}.ply"
+    check_output(output, args.overwrite, extra=(output.with_name(output.stem + "_relevancy.png"),))
     count = write_splat_ply(output, model.gauss_params, mask=selection.gaussian_mask)
     png = output.with_suffix(".png")
     with torch.no_grad():
@@ -144,7 +215,7 @@ def run_text_segment(args: Segment) -> int:
     print(f"Selected {count} of {model.num_points} Gaussians.")
     print(f"PLY: {output}")
     print(f"PNG: {png} (the selection from {args.split} camera {args.camera}); relevancy: {relevancy_png}")
-    ground_truth = pipeline.datamanager.eval_ground_truth() if args.split == "eval" else None
+    ground_truth = ground_truth_or_none(pipeline.datamanager) if args.split == "eval" else None
     if ground_truth is not None and ground_truth.text:
         from segsplat_ns.eval.metrics import iou
 
@@ -167,9 +238,8 @@ def report_iou(segmenter, datamanager, camera, view: int, pixel: Tuple[int, int]
     """Print the IoU of the rendered selection against the ground-truth object and part under the click."""
     from segsplat_ns.eval.metrics import iou
 
-    ground_truth = datamanager.eval_ground_truth()
+    ground_truth = ground_truth_or_none(datamanager)
     if ground_truth is None:
-        print("No segmentation ground truth in this dataset: IoU not computed.")
         return None
     predicted = segmenter.render_mask(camera, gaussian_mask).cpu().numpy()
     best = None

@@ -64,6 +64,31 @@ def make_lpips() -> "torch.nn.Module | LpipsUnavailable":
         return LpipsUnavailable(message)
 
 
+def load_error_summary(error: BaseException) -> str:
+    """One line for why ``torch.load`` refused a file (not torch's advice to retry with ``weights_only=False``)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        detail = " ".join(detail.split())
+        return f"not a checkpoint torch can load safely ({detail or type(error).__name__})"
+    if isinstance(error, KeyError) or "invalid load key" in text or "PytorchStreamReader" in text:
+        return f"not a PyTorch checkpoint (damaged, truncated or another kind of file: {type(error).__name__} {text[:80]})"
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def safe_torch_load(path, mmap: bool = False):
+    """``torch.load(path, weights_only=True)`` on the CPU; with ``mmap`` the tensors are not read (cheap checks of
+    big files), falling back to a full read for files in torch's old non-zip format."""
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap can only be used" not in str(error):
+                raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def default_device_type() -> str:
     """nerfstudio defaults to "cuda"; on a machine without CUDA, training on "cpu" is what a user wants."""
     return "cuda" if torch.cuda.is_available() else "cpu"

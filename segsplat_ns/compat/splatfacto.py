@@ -60,14 +60,27 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def load_splatfacto_gaussians(path: Path) -> Dict[str, torch.Tensor]:
     """The six splatfacto Gaussian tensors from a checkpoint (``pipeline`` state dict, any prefix)."""
+    from segsplat_ns.compat.nerfstudio import allow_nerfstudio_checkpoints, load_error_summary
+    from segsplat_ns.errors import InputError
+
     checkpoint = resolve_checkpoint(path)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    allow_nerfstudio_checkpoints()
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise InputError(
+            f"--pipeline.model.init-from {path}: cannot read {checkpoint}: {load_error_summary(error)}. Pass a "
+            "splatfacto run's config.yml, its nerfstudio_models/ folder or one of its step-*.ckpt files."
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"--pipeline.model.init-from {path}: {checkpoint} holds a {type(state).__name__}, not a "
+                         "nerfstudio checkpoint (a dict with 'pipeline')")
     pipeline_state = state.get("pipeline", state)
     gaussians = {}
     for key in GEOMETRY_KEYS:
         matches = [k for k in pipeline_state if k.endswith(f"gauss_params.{key}")]
         if not matches:
-            raise ValueError(
+            raise InputError(
                 f"{checkpoint} has no '{key}' Gaussian parameter: is it a splatfacto (or segsplat) checkpoint?"
             )
         gaussians[key] = pipeline_state[matches[0]].float()

@@ -2,8 +2,9 @@
 
 One file per (dataset, mask-source configuration): ``<cache_dir>/masks_<source>_<hash12>.bin``, where
 ``hash12`` is the first 12 hex digits of the sha256 of the key. The key is
-``{"format", "source": source.cache_key(), "images": [{"name", "bytes", "hw"}, ...]}``: names relative to
-the images' common folder, file sizes, and the H x W the masks are made at.
+``{"format", "source": source.cache_key(), "images": [{"name", "bytes", "sha256", "hw"}, ...]}``: names relative to
+the images' common folder, file sizes and content hashes (an image replaced by another of the same size
+invalidates the cache), and the H x W the masks are made at.
 
 File layout (little-endian)::
 
@@ -82,6 +83,20 @@ def decode_masks(data: bytes, shape: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(bits.reshape(m, h, w).astype(bool))
 
 
+def check_blob(data: bytes, shape: Sequence[int], name: str = "") -> None:
+    """Raise :class:`CacheCorruptError` unless ``data`` decompresses to exactly the packed size of ``shape``
+    (catches a header edited in place, which the payload's sha256 does not cover)."""
+    m, h, w = (int(s) for s in shape)
+    expected = (m * h * w + 7) // 8
+    try:
+        found = len(zlib.decompress(data))
+    except zlib.error as e:
+        raise CacheCorruptError(f"masks of {name or 'an image'} do not decompress ({e})") from e
+    if found != expected:
+        raise CacheCorruptError(f"masks of {name or 'an image'}: header says {m}x{h}x{w} ({expected} packed bytes), "
+                                f"the payload holds {found}")
+
+
 class PackedMasks(Sequence):
     """Masks of many images kept compressed in memory; indexing decodes one image's ``bool [M, H, W]``."""
 
@@ -116,22 +131,32 @@ def key_hash(key: Dict[str, Any]) -> str:
 
 
 def image_entries(image_paths: Sequence[Path], image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
-    """How a cache keys its image list: ``[{"name", "bytes", "hw"}]``, names relative to the images' common folder
-    (so a moved dataset stays valid), file size -1 when the file cannot be read."""
+    """How a cache keys its image list: ``[{"name", "bytes", "sha256", "hw"}]``, names relative to the images' common
+    folder (so a moved dataset stays valid), the file's size and the sha256 of its content (so a replaced image
+    never reuses stale masks); size -1 and hash "" when the file cannot be read."""
     paths = [Path(p).absolute() for p in image_paths]
     root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path(".")
     entries = []
     for p, hw in zip(paths, image_sizes):
         try:
             size = p.stat().st_size
+            digest = file_sha256(p)
         except OSError:
-            size = -1
+            size, digest = -1, ""
         try:
             name = p.relative_to(root).as_posix()
         except ValueError:
             name = p.name
-        entries.append({"name": name, "bytes": size, "hw": [int(hw[0]), int(hw[1])]})
+        entries.append({"name": name, "bytes": size, "sha256": digest, "hw": [int(hw[0]), int(hw[1])]})
     return entries
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
@@ -233,6 +258,8 @@ def describe_key_difference(old: Dict[str, Any], new: Dict[str, Any], limit: int
         if n in old_im and old_im[n] != w:
             o = old_im[n]
             what = [f"{f} {o.get(f)} -> {w.get(f)}" for f in ("bytes", "hw") if o.get(f) != w.get(f)]
+            if o.get("sha256") != w.get("sha256"):
+                what.append("content changed")
             diffs.append(f"image {n}: " + ", ".join(what))
     if not diffs and [d["name"] for d in old.get("images", [])] != [d["name"] for d in new.get("images", [])]:
         diffs.append("image order")
@@ -300,7 +327,14 @@ class MaskCache:
         return packed if lazy else [packed[i] for i in range(len(packed))]
 
     def _try_load(self, path: Path, key: Dict[str, Any], source: MaskSource):
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as e:  # an unreadable cache folder: recompute (and say so) rather than crash
+            warnings.warn(f"Cannot look into the mask cache folder {self.cache_dir} ({e}); recomputing the masks. "
+                          "Fix its permissions or pass --pipeline.datamanager.cache-dir FOLDER.",
+                          MaskCacheWarning, stacklevel=3)
+            return None
+        if not exists:
             self._report_other_caches(path, key, source)
             return None
         try:
@@ -317,6 +351,8 @@ class MaskCache:
                     raise CacheCorruptError(f"masks of {im['name']} are {h}x{w}, the image is {im['hw'][0]}x{im['hw'][1]}")
             if len(shapes) != len(key["images"]):
                 raise CacheCorruptError(f"{len(shapes)} images stored, {len(key['images'])} expected")
+            for blob, shape, im in zip(blobs, shapes, key["images"]):
+                check_blob(blob, shape, im["name"])  # the header's shapes are not under the payload's sha256
         except (CacheCorruptError, OSError) as e:
             warnings.warn(f"Mask cache {path} is corrupt or unreadable ({e}); recomputing the masks and "
                           f"overwriting it.", MaskCacheWarning, stacklevel=3)

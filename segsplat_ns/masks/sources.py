@@ -109,12 +109,18 @@ class MaskSourceConfig:
             )
         raise MaskSourceError(f"Unknown mask source {self.source!r}; choose one of 'folder', 'sam', 'classical'.")
 
-    def check_available(self, data_dir: Path) -> None:
-        """Raise MaskSourceError now (at start-up) if this source cannot produce masks, not after stage one."""
+    def check_available(self, data_dir: Path, image_paths: Optional[List[Path]] = None) -> None:
+        """Raise MaskSourceError now (at start-up) if this source cannot produce masks, not after stage one:
+        folder: every training image (``image_paths``) has a readable [N, H, W] mask file; sam: the checkpoint
+        exists and holds weights torch can load (read lazily, without loading the model)."""
         if self.source == "folder":
-            self.setup(data_dir)
+            source = self.setup(data_dir)
+            for image_path in image_paths or []:
+                source.check_mask_file(source.mask_file_for(image_path))
         elif self.source == "sam":
-            resolve_sam_checkpoint(self.sam_model_type, self.sam_checkpoint)
+            check_sam_checkpoint(resolve_sam_checkpoint(self.sam_model_type, self.sam_checkpoint), self.sam_model_type)
+        elif self.source == "classical":
+            self.setup(data_dir)  # checks classical_levels
 
     def _sam_params(self) -> Dict[str, Any]:
         return dict(
@@ -233,19 +239,30 @@ class FolderMaskSource(MaskSource):
             f"<image stem>.pt holding a bool tensor [N, H, W] (SAGA's sam_masks layout)."
         )
 
+    @classmethod
+    def check_mask_file(cls, path: Path) -> None:
+        """What :meth:`read_mask_file` checks, cheaply (.pt and .npy are memory-mapped, not read)."""
+        cls.read_mask_file(path, lazy=True)
+
     @staticmethod
-    def read_mask_file(path: Path) -> np.ndarray:
-        """Read one mask file as ``bool [N, H, W]``; raises :class:`MaskSourceError` naming the file if malformed."""
+    def read_mask_file(path: Path, lazy: bool = False) -> np.ndarray:
+        """Read one mask file as ``bool [N, H, W]``; raises :class:`MaskSourceError` naming the file if malformed.
+        ``lazy``: map the file instead of reading it (checks only; the array returned is not converted)."""
+        from segsplat_ns.compat.nerfstudio import load_error_summary, safe_torch_load
+
         path = Path(path)
         try:
             suffix = path.suffix.lower()
             if suffix == ".pt":
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                try:
+                    obj = safe_torch_load(path, mmap=lazy)
+                except Exception as e:  # noqa: BLE001
+                    raise ValueError(load_error_summary(e)) from e
                 if not isinstance(obj, torch.Tensor):
                     raise ValueError(f"holds a {type(obj).__name__}, not a tensor")
                 arr = obj.numpy()
             elif suffix == ".npy":
-                arr = np.load(path, allow_pickle=False)
+                arr = np.load(path, allow_pickle=False, mmap_mode="r" if lazy else None)
             elif suffix == ".npz":
                 with np.load(path, allow_pickle=False) as z:
                     keys = list(z.keys())
@@ -268,6 +285,8 @@ class FolderMaskSource(MaskSource):
             raise MaskSourceError(
                 f"Malformed mask file {path}: array of shape {tuple(arr.shape)}; expected [N, H, W] (N masks)."
             )
+        if lazy and (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            return arr
         if arr.dtype == bool:
             return arr
         if np.issubdtype(arr.dtype, np.integer):
@@ -358,6 +377,27 @@ def resolve_sam_checkpoint(model_type: str, checkpoint: Optional[Path] = None) -
     return cached
 
 
+def check_sam_checkpoint(checkpoint: Path, model_type: str) -> None:
+    """Raise :class:`MaskSourceError` unless ``checkpoint`` holds loadable SAM weights (tensors memory-mapped,
+    so this costs a fraction of a second, not the model's load)."""
+    from segsplat_ns.compat.nerfstudio import load_error_summary, safe_torch_load
+
+    try:
+        state = safe_torch_load(checkpoint, mmap=True)
+    except Exception as e:  # noqa: BLE001
+        raise _bad_checkpoint_error(model_type, checkpoint, load_error_summary(e)) from None
+    if not isinstance(state, dict) or not any(str(k).startswith("image_encoder.") for k in state):
+        raise _bad_checkpoint_error(model_type, checkpoint, "it holds no SAM image_encoder weights")
+
+
+def _bad_checkpoint_error(model_type: str, checkpoint: Path, why: str) -> MaskSourceError:
+    return MaskSourceError(
+        f"Could not load SAM {model_type} weights from {checkpoint}: {why}. Is it the {model_type} checkpoint "
+        f"({SAM_CHECKPOINT_URLS[model_type]})? A partial download can be deleted and fetched again; or use "
+        f"{CLI_PREFIX}.source classical (no weights)."
+    )
+
+
 class SamMaskSource(MaskSource):
     """segment-anything's ``SamAutomaticMaskGenerator`` (defaults: SAGA's settings, as in its authors' extraction script)."""
 
@@ -388,10 +428,9 @@ class SamMaskSource(MaskSource):
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as e:  # noqa: BLE001
-            raise MaskSourceError(
-                f"Could not load SAM {model_type} weights from {checkpoint}: {e}. Is it the {model_type} checkpoint "
-                f"({SAM_CHECKPOINT_URLS[model_type]})? A partial download can be deleted and fetched again."
-            ) from e
+            from segsplat_ns.compat.nerfstudio import load_error_summary
+
+            raise _bad_checkpoint_error(model_type, checkpoint, load_error_summary(e)) from None
         model.to(device).eval()
         model_id = {"model_type": model_type, "checkpoint": checkpoint.name, "checkpoint_bytes": checkpoint.stat().st_size}
         return cls(model, model_id, **params)
