@@ -16,6 +16,9 @@ def _make_scene(config) -> int:
     print(f"Wrote synthetic scene to {path}")
     for name in method_names():
         print(f"Train on it:  ns-train {name} --data {path}")
+    if config.language:
+        print("Text prompts on it use the scene's stand-in for CLIP (not a language model): add "
+              "--pipeline.datamanager.language.source folder")
     return 0
 
 
@@ -34,7 +37,9 @@ def entrypoint() -> None:
             tyro.conf.subcommand(
                 "make-scene",
                 description="Write the bundled synthetic scene: nerfstudio-format images and poses, seed points, "
-                "per-view object/part ground truth, and SAM-like multi-granularity masks as sam_masks/<image>.pt.",
+                "per-view object/part ground truth, SAM-like multi-granularity masks as sam_masks/<image>.pt, and a "
+                "stand-in for CLIP (not a language model): per-view language features, its text encoder and "
+                "LERF-OVS-style text ground truth.",
             ),
         ],
         Annotated[Segment, tyro.conf.subcommand("segment")],

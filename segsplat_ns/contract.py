@@ -18,6 +18,7 @@ Hooks, by who calls them:
 ``decomposition_features`` per-Gaussian vectors HDBSCAN clusters into a decomposition
 ``text_support``           class attribute: how the method answers text prompts ("" = it does not)
 ``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
+``inference_variants``     class attribute: named inference-time option sets the bench reports as ablation rows
 ``cpu_training_args``      classmethod: ns-train flags that size a run for a CPU (bench, demo, tests)
 ``latency_probe``          classmethod: the method's fast scoring path on synthetic data (bench-latency)
 =========================  ===============================================================================
@@ -131,6 +132,9 @@ class MethodContract:
     wording: ClassVar[Wording] = Wording()
     text_support: ClassVar[str] = ""
     """How the method answers text prompts, in a few words for users; empty: it does not."""
+    inference_variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    """Improvements that act at inference only, by name: model config field -> value. ``segsplat bench`` evaluates
+    each trained run once more per variant (an ablation row beside the paper's defaults)."""
 
     @property
     def granularity(self) -> Granularity:

@@ -16,8 +16,9 @@ from segsplat_ns.synthetic import SceneConfig, make_scene
 
 @pytest.fixture(scope="module")
 def small_scene(tmp_path_factory) -> Path:
+    # without the stand-in language files: these tests write their own, and test the folder source's absence
     config = SceneConfig(output=tmp_path_factory.mktemp("lang") / "scene", seed=1, num_objects=1, width=32, height=32,
-                         num_train_views=3, num_eval_views=1)
+                         num_train_views=3, num_eval_views=1, language=False)
     return make_scene(config)
 
 

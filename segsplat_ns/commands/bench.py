@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -115,11 +115,15 @@ class Bench:
                 args = [method, "--pipeline.model.init-from", str(rgb_config), *self.language_args(scene),
                         *self.feature_args(method)]
                 config, seconds = self.train(scene, seed, method, args)
-                row = {"seed": seed, "method": method, "rgb_stage_s": rgb_seconds, "feature_stage_s": seconds}
-                row.update(self.evaluate(config))
-                rows.append(row)
-                print(f"[bench] seed {seed} {method}: " + ", ".join(
-                    f"{key} {row[key]:.3f}" for key in ("seg_object_miou", "seg_part_miou", "psnr") if key in row))
+                variants = {"": {}, **get_method(method).model_class.inference_variants}
+                for variant, overrides in variants.items():  # the paper's defaults, then each named improvement
+                    name = f"{method} ({variant})" if variant else method
+                    row = {"seed": seed, "method": name, "rgb_stage_s": rgb_seconds, "feature_stage_s": seconds}
+                    row.update(self.evaluate(config, overrides))
+                    rows.append(row)
+                    print(f"[bench] seed {seed} {name}: " + ", ".join(
+                        f"{key} {row[key]:.3f}" for key in ("seg_object_miou", "seg_part_miou", "text_object_miou",
+                                                            "psnr") if key in row))
         table = self.markdown(rows)
         record = {"command": self.command_line(), "rows": rows, "minutes": (time.time() - started) / 60}
         with atomic_open(self.workdir / "bench.json") as handle:
@@ -181,7 +185,7 @@ class Bench:
         timing.write_text(f"{seconds!r}\n")  # full precision: a rerun reports the same number
         return find_config(run_root), seconds
 
-    def evaluate(self, config: Path) -> Dict[str, float]:
+    def evaluate(self, config: Path, overrides: Optional[Dict[str, object]] = None) -> Dict[str, float]:
         import torch
 
         from segsplat_ns.eval.protocol import interior_point
@@ -189,10 +193,18 @@ class Bench:
         from segsplat_ns.segmenter import Segmenter
 
         _, pipeline, checkpoint, _ = load_run(config)
+        for key, value in (overrides or {}).items():  # an inference variant (MethodContract.inference_variants)
+            setattr(pipeline.model.config, key, value)
         metrics = pipeline.get_average_eval_image_metrics()
         metrics = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
         segmenter = Segmenter(pipeline.model)
         ground_truth = pipeline.datamanager.eval_ground_truth()
+        if pipeline.model.text_support and ground_truth is not None and ground_truth.text and "text_object_miou" not in metrics:
+            from segsplat_ns.eval.text_protocol import text_metrics
+
+            pipeline.eval()
+            segmenter.language = self.language(pipeline)
+            metrics.update(text_metrics(segmenter, pipeline.datamanager.eval_dataset.cameras, ground_truth)[0])
         cameras = pipeline.datamanager.eval_dataset.cameras
         times = []
         for target in ground_truth.ids("object"):  # a click on each object in the first view that shows it
@@ -209,14 +221,23 @@ class Bench:
         return metrics
 
     @staticmethod
+    def language(pipeline):
+        """The run's language context; a run trained without a language source (which the feature stage of a
+        method without a language loss does not use) reads the scene's own features instead."""
+        from segsplat_ns.language.context import language_context
+        from segsplat_ns.language.sources import LanguageSourceConfig
+
+        if pipeline.datamanager.config.language.source == "none":
+            return language_context(pipeline, LanguageSourceConfig("folder"))
+        return language_context(pipeline)
+
+    @staticmethod
     def text_latency(pipeline, segmenter, ground_truth) -> Dict[str, float]:
         """Wall time of the first text prompt (with the method's text-independent preparation) and the median of the
         others, one prompt per object category (methods with a text mode and a scene with text ground truth)."""
         if not pipeline.model.text_support or ground_truth is None or "object" not in ground_truth.text:
             return {}
-        from segsplat_ns.language.context import language_context
-
-        segmenter.language = language_context(pipeline)
+        segmenter.language = Bench.language(pipeline)
         categories = sorted({c for targets in ground_truth.text["object"] for c in targets})
         times = []
         for category in categories:

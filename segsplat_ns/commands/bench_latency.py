@@ -113,7 +113,10 @@ class BenchLatency:
     """Registered methods to time (default: all that have a latency probe)."""
     output_json: Optional[Path] = None
     """Also write the rows as JSON here (written atomically)."""
+    language_sizes: Tuple[Tuple[int, int, int], ...] = ((96, 96, 10), (728, 986, 150), (1080, 1920, 200))
+    """Language cache bytes per image are reported for these (height, width, masks) besides the measured scene."""
     rows: List[Dict[str, object]] = field(default_factory=list, init=False, repr=False)
+    language: Dict[str, object] = field(default_factory=dict, init=False, repr=False)
 
     def main(self) -> int:
         from tqdm import tqdm
@@ -153,7 +156,9 @@ class BenchLatency:
                     methods[name] = measure_probe(probe, timed, bandwidth)
                     del probe
             self.rows.append({"gaussians": n, "methods": methods, "cross": cross_method(methods)})
+        self.language = language_cache_bytes(self.language_sizes)
         print(self.markdown(bandwidth))
+        print(self.language_markdown())
         if self.output_json is not None:
             record = {
                 "command": "segsplat bench-latency",
@@ -163,6 +168,7 @@ class BenchLatency:
                 "clicks": 1,
                 "threshold": self.threshold,
                 "rows": self.rows,
+                "language_cache": self.language,
             }
             with atomic_open(Path(self.output_json)) as handle:
                 handle.write(json.dumps(record, indent=2).encode())
@@ -234,6 +240,42 @@ class BenchLatency:
                     cells.append("—" if value is None else f"{value:.3g}×")
                 lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+    def language_markdown(self) -> str:
+        measured = self.language["measured"]
+        lines = ["", "Language cache (CLIP features per image, LangSplat layout: int16 [3, H, W] + fp16 [M, 512]):", "",
+                 "| image | masks | bytes per image | of which index maps |", "|---|---|---|---|"]
+        lines.append(f"| synthetic scene {measured['hw'][0]}×{measured['hw'][1]} (measured, mean of "
+                     f"{measured['images']} images) | {measured['masks']:.1f} | {measured['bytes']:,.0f} | "
+                     f"{measured['s_bytes']:,.0f} |")
+        for row in self.language["formula"]:
+            lines.append(f"| {row['hw'][0]}×{row['hw'][1]} (formula) | {row['masks']} | {row['bytes']:,} | {row['s_bytes']:,} |")
+        return "\n".join(lines)
+
+
+def language_cache_bytes(sizes) -> Dict[str, object]:
+    """Bytes per image of the language cache: measured on the default synthetic scene's feature files (written to a
+    temporary folder), and by the file format's formula, (128 + 6 H W) + (128 + 1024 M), for other sizes."""
+    import tempfile
+
+    import numpy as np
+
+    from segsplat_ns.language.cache import bytes_per_image
+    from segsplat_ns.synthetic import SceneConfig, make_scene
+
+    with tempfile.TemporaryDirectory() as folder:
+        scene = make_scene(SceneConfig(output=Path(folder) / "scene"))
+        measured = bytes_per_image(scene / "language_features")
+    images = measured["images"]
+    formula = [{"hw": [h, w], "masks": m, "bytes": 128 + 6 * h * w + 128 + 1024 * m, "s_bytes": 128 + 6 * h * w}
+               for h, w, m in sizes]
+    return {
+        "measured": {"hw": images[0]["hw"], "images": len(images), "masks": float(np.mean([r["masks"] for r in images])),
+                     "bytes": measured["mean_bytes_per_image"],
+                     "s_bytes": float(np.mean([r["s_bytes"] for r in images]))},
+        "formula": formula,
+    }
 
 
 def _cell(value: object) -> str:

@@ -127,10 +127,15 @@ class EvalBenchmark:
             per_target.append(row)
             print(f"{target.name:>24s}  {target.image:>24s}  IoU {row['iou']:.3f}"
                   + (f"  localised {row['localised']}" if "localised" in row else ""))
+        def mean(key: str) -> float:
+            if self.benchmark != "lerf-mask":  # LERF-OVS (LangSplat): over (view, category) pairs
+                return float(np.mean([t[key] for t in per_target]))
+            # LERF-Mask (Gaussian Grouping's eval_lerf_mask.py): per prompt over its views, then over prompts
+            prompts = sorted({str(t["name"]) for t in per_target})
+            return float(np.mean([np.mean([t[key] for t in per_target if t["name"] == p]) for p in prompts]))
+
         scores: Dict[str, object] = {
-            "miou": float(np.mean([t["iou"] for t in per_target])),
-            "maccuracy": float(np.mean([t["accuracy"] for t in per_target])),
-            "mboundary_iou": float(np.mean([t["boundary_iou"] for t in per_target])),
+            "miou": mean("iou"), "maccuracy": mean("accuracy"), "mboundary_iou": mean("boundary_iou"),
             "targets": per_target, "features": segmenter.language.description,
         }
         located = [t["localised"] for t in per_target if "localised" in t]

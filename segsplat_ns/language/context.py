@@ -52,14 +52,22 @@ class LanguageContext:
 def language_context(pipeline, source: Optional["LanguageSourceConfig"] = None) -> LanguageContext:
     """The language context of a loaded run: its datamanager's language source (or ``source`` instead), the
     training cameras and their records. Raises :class:`LanguageSourceError` naming the fix when there are none."""
+    datamanager = pipeline.datamanager
+    if source is None:
+        return _context(datamanager)
+    # the override is used for this context only: the datamanager keeps its own source and records
+    saved = datamanager.config.language, datamanager.train_language
+    datamanager.config.language, datamanager.train_language = source, None
+    try:
+        return _context(datamanager)
+    finally:
+        datamanager.config.language, datamanager.train_language = saved
+
+
+def _context(datamanager) -> LanguageContext:
     from segsplat_ns.language.sources import text_encoder_for
 
-    datamanager = pipeline.datamanager
-    if source is not None:
-        datamanager.config.language = source
-        datamanager.train_language = None
     config = datamanager.config.language
     encoder = text_encoder_for(config, datamanager.data_dir)
     records = datamanager.load_train_language()
-    views = LanguageViews(datamanager.train_dataset.cameras, records, source=config.source)
-    return LanguageContext(encoder, views)
+    return LanguageContext(encoder, LanguageViews(datamanager.train_dataset.cameras, records, source=config.source))

@@ -156,7 +156,8 @@ def text_encoder_for(config: LanguageSourceConfig, data_dir: Path) -> ImageTextE
         raise LanguageSourceError(
             f"Text prompts need language features, and this run has none ({CLI_PREFIX}.source none). Train with "
             f"{CLI_PREFIX}.source clip (CLIP on the masks) or {CLI_PREFIX}.source folder (precomputed LangSplat-layout "
-            f"features; the synthetic scene ships a stand-in in <scene>/language_features).")
+            f"features; the synthetic scene ships a stand-in in <scene>/language_features), or give segsplat segment "
+            f"/ eval-benchmark --language-folder <folder>.")
     if config.source == "folder" and StandInTextEncoder.present(config.folder_path(data_dir)):
         return StandInTextEncoder.from_folder(config.folder_path(data_dir))
     return LazyClipEncoder(resolve_clip_checkpoint(config.clip_checkpoint), device=config.resolved_device())

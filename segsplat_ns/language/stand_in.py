@@ -36,6 +36,7 @@ import torch
 from segsplat_ns.io import atomic_open
 from segsplat_ns.language.encoders import ImageTextEncoder
 from segsplat_ns.language.features import LanguageSourceError
+from segsplat_ns.language.relevancy import CANONICAL_PHRASES
 
 STAND_IN_FILE = "text_encoder.json"
 """The vocabulary (phrase -> row) in the language feature folder."""
@@ -43,8 +44,6 @@ VECTORS_FILE = "text_encoder.npy"
 """The text vectors, ``float32 [rows, DIM]``, beside ``STAND_IN_FILE``."""
 KIND = "synthetic stand-in for CLIP (segsplat make-scene); not a language model"
 DIM = 512
-CANONICAL_PHRASES: Tuple[str, ...] = ("object", "things", "stuff", "texture")
-"""LERF's canonical phrases (the negatives of its relevancy)."""
 
 KIND_SYNONYMS: Dict[str, Tuple[str, ...]] = {
     "snowman": ("snow man",),

@@ -29,8 +29,8 @@ cached per-mask embeddings are used instead of re-encoding crops (they are the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -97,6 +97,8 @@ class VoteResult:
     """[G] mean relevancy of each group's masks."""
     best: Optional[int]
     """The winner's most relevant mask (an index into the queries)."""
+    voters: List[int] = field(default_factory=list)
+    """The masks that voted for the winner, one per view (indices into the queries)."""
 
 
 def vote(relevancy: np.ndarray, view: np.ndarray, group: np.ndarray, num_groups: int,
@@ -106,11 +108,13 @@ def vote(relevancy: np.ndarray, view: np.ndarray, group: np.ndarray, num_groups:
     relevancy = np.asarray(relevancy, dtype=np.float64)
     view, group = np.asarray(view), np.asarray(group)
     votes = np.zeros(num_groups, dtype=np.int64)
+    ballots = []
     for v in np.unique(view):
         members = np.flatnonzero(view == v)
         best = members[int(np.argmax(relevancy[members]))]
         if relevancy[best] > min_relevancy:
             votes[group[best]] += 1
+            ballots.append(int(best))
     counts = np.bincount(group, minlength=num_groups)
     mean = np.bincount(group, weights=relevancy, minlength=num_groups) / np.maximum(counts, 1)
     if votes.max(initial=0) == 0:
@@ -118,4 +122,5 @@ def vote(relevancy: np.ndarray, view: np.ndarray, group: np.ndarray, num_groups:
     tied = np.flatnonzero(votes == votes.max())
     winner = int(tied[np.argmax(mean[tied])])
     members = np.flatnonzero(group == winner)
-    return VoteResult(winner, votes, mean, int(members[np.argmax(relevancy[members])]))
+    voters = [b for b in ballots if group[b] == winner]
+    return VoteResult(winner, votes, mean, int(members[np.argmax(relevancy[members])]), voters)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Literal, Optional, Type
 
 import numpy as np
 import torch
@@ -62,12 +62,15 @@ class SagaModelConfig(SegSplatModelConfig):
     """Text prompts: masks whose 3D selections overlap this much (IoU, average linkage) are one segment."""
     text_threshold: float = 0.85
     """Text prompts: cosine affinity to the voted segment's query a Gaussian needs (authors' notebook: 0.85)."""
+    text_query: Literal["best-mask", "majority"] = "best-mask"
+    """Text prompts: the winner's most relevant mask is the query (notebook), or majority of its views' voted masks (ours)."""
 
 
 class SagaModel(SegSplatModel):
     config: SagaModelConfig
     feature_key = "affinity_features"
-    text_support = "CLIP voting over the decomposition's 3D segments (SAGA supplement A.3)"
+    text_support = "CLIP voting over the training views' masks (SAGA supplement A.3)"
+    inference_variants = {"text-query majority": {"text_query": "majority"}}
 
     def populate_method_modules(self) -> None:
         self.scale_gate = ScaleGate(self.config.feature_dim)
@@ -256,7 +259,16 @@ class SagaModel(SegSplatModel):
         affinity = self.gaussian_scores(candidates.queries[result.best : result.best + 1], scale, exact_near=threshold)
         score = float(mask_relevancy[result.best])
         facts.update({"votes": int(result.votes[result.winner]), "scale": scale, "relevancy": score})
-        return TextScores(score * affinity.float().clamp(min=0.0), affinity > threshold, facts)
+        selection = affinity > threshold
+        if self.config.text_query == "majority":
+            # each view's voted mask is a query at its own scale; a Gaussian is selected by at least half of them
+            voters = result.voters
+            counts = torch.zeros(self.num_points, device=self.device)
+            for q in voters:
+                counts += (self.gaussian_scores(candidates.queries[q : q + 1], float(candidates.scales[q]),
+                                                exact_near=threshold) > threshold).float()
+            selection = counts >= 0.5 * len(voters)
+        return TextScores(score * affinity.float().clamp(min=0.0), selection, facts)
 
     # ---- tooling (the method contract) ------------------------------------------------------------
     @classmethod

@@ -91,7 +91,8 @@ class AffinityScorer:
 
 def latency_probe(num: int, dim: int, threshold: float, generator: torch.Generator) -> LatencyProbe:
     """SAGA's click scoring on ``num`` random clustered unit features of width ``dim`` (on the generator's device):
-    the authors' direct fp32 way (the reference), our first click at a scale and every later click there."""
+    the authors' direct fp32 way (the reference), our first click at a scale and every later click there, and a
+    text prompt's per-prompt work (relevancy of 240 cached masks, then one query at a new scale)."""
     device = generator.device
     gate = ScaleGate(dim).to(device)
     scale = 0.5
@@ -115,6 +116,18 @@ def latency_probe(num: int, dim: int, threshold: float, generator: torch.Generat
     def same_scale():
         return scorer.scores(queries, scale, exact_near=threshold) > threshold
 
+    # a text prompt after CLIP voting's text-independent preparation (clip_vote.py): the relevancy of every cached
+    # mask (24 views x 10 masks, 512-d), the vote, then the winner's mask as a query at its own (new) scale
+    masks = F.normalize(torch.randn(240, 512, generator=generator, device=device), dim=-1)
+    text = F.normalize(torch.randn(5, 512, generator=generator, device=device), dim=-1)
+
+    def text_prompt():
+        from segsplat_ns.language.relevancy import relevancy
+
+        best = int(relevancy(masks, text[0], text[1:]).argmax())
+        scorer.forget()
+        return best, scorer.scores(queries, scale, exact_near=threshold) > threshold
+
     with torch.no_grad():
         reference = direct()
         ours = new_scale()
@@ -123,7 +136,7 @@ def latency_probe(num: int, dim: int, threshold: float, generator: torch.Generat
     bf16 = num >= AffinityScorer.BF16_FROM
     return LatencyProbe(
         name="SAGA: cosine of gated features > threshold",
-        cases={"direct fp32": direct, "new scale": new_scale, "same scale": same_scale},
+        cases={"direct fp32": direct, "new scale": new_scale, "same scale": same_scale, "text prompt": text_prompt},
         selected=int(reference.sum()),
         reference="direct fp32",
         bytes_read={"fp32": num * dim * 4, "stored": num * dim * (2 if bf16 else 4)},
