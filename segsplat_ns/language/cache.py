@@ -18,7 +18,6 @@ The folder is a valid ``folder`` language source (``--pipeline.datamanager.langu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -41,7 +40,7 @@ from segsplat_ns.language.features import (
     record_paths,
     write_record,
 )
-from segsplat_ns.masks.cache import image_entries, key_hash
+from segsplat_ns.masks.cache import file_sha256, image_entries, key_hash
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -57,14 +56,6 @@ class LanguageCacheWarning(UserWarning):
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def entry_stems(image_paths: Sequence[Path]) -> List[str]:
