@@ -25,8 +25,14 @@ def bench_run(tmp_path_factory):
 def test_bench_writes_one_row_per_run_in_markdown_and_json(bench_run):
     workdir, _, result = bench_run
     record = json.loads((workdir / "out" / "bench.json").read_text())
-    (row,) = record["rows"]
-    assert row["method"] == "saga" and row["seed"] == 3
+    # the paper's defaults, then each inference variant the method declares (an ablation row on the same run)
+    rows = record["rows"]
+    assert [r["method"] for r in rows] == ["saga", "saga (text-query majority)"]
+    row = rows[0]
+    assert row["seed"] == 3 and rows[1]["feature_stage_s"] == row["feature_stage_s"]
+    for r in rows:  # text prompts on the scene's stand-in for CLIP
+        assert 0.0 <= r["text_object_miou"] <= 1.0 and 0.0 <= r["text_object_localisation"] <= 1.0
+    assert rows[1]["seg_object_miou"] == pytest.approx(row["seg_object_miou"])  # clicks do not use the variant
     assert row["segmentation_bytes_per_gaussian"] == 128.0  # 32 float32 affinity features, nothing else per Gaussian
     assert row["psnr"] > 20.0
     for key in ("seg_object_miou", "seg_part_miou", "decomp_object_miou", "decomp_part_precision", "decomp_part_recall"):
@@ -34,7 +40,8 @@ def test_bench_writes_one_row_per_run_in_markdown_and_json(bench_run):
     assert row["seg_object_miou"] > 0.5  # the click protocol finds the objects even after this short training
     assert row["rgb_stage_s"] > 0 and row["feature_stage_s"] > 0 and row["click_ms"] > 0
     table = (workdir / "out" / "bench.md").read_text()
-    assert "| saga | 3 |" in table and "object mIoU" in table and record["command"] in table
+    assert "| saga | 3 |" in table and "| saga (text-query majority) | 3 |" in table and "object mIoU" in table
+    assert "text object mIoU" in table and record["command"] in table
 
 
 def test_bench_reuses_finished_runs_and_matches_ns_eval(bench_run):
