@@ -81,7 +81,8 @@ def test_bench_latency_table_and_json(tmp_path):
         methods = row["methods"]
         assert {"saga", "binary-gaussian"} <= set(methods)  # every registered method with a probe
         saga = methods["saga"]
-        assert saga["reference"] == "direct fp32" and set(saga["ms"]) == {"direct fp32", "new scale", "same scale"}
+        assert saga["reference"] == "direct fp32" and set(saga["ms"]) == {"direct fp32", "new scale", "same scale",
+                                                                     "text prompt"}
         assert saga["facts"]["mask differences vs direct"] == 0 and saga["selected"] > 0  # same selection as direct
         assert saga["bound_ms"]["fp32"] == pytest.approx(saga["bound_ms"]["stored"])  # small scenes stay fp32
         assert saga["speedup_vs_reference"]["same scale"] == pytest.approx(
@@ -99,6 +100,12 @@ def test_bench_latency_table_and_json(tmp_path):
         assert cross[("saga", saga["fastest"], "binary-gaussian")] == pytest.approx(saga["ms"][saga["fastest"]] / fastest)
     assert record["read_bandwidth_gb_s"] > 0.1
     assert "| 20,000 |" in result.stdout and "same level" in result.stdout and "Across methods" in result.stdout
+    # the language cache's bytes per image: measured on the synthetic scene, and the file format's formula
+    language = record["language_cache"]
+    assert language["measured"]["hw"] == [96, 96] and language["measured"]["masks"] > 0
+    assert language["formula"][1] == {"hw": [728, 986], "masks": 150, "bytes": 256 + 6 * 728 * 986 + 1024 * 150,
+                                      "s_bytes": 128 + 6 * 728 * 986}
+    assert "Language cache" in result.stdout
 
 
 def test_eval_benchmark_spin_nerf_layout_on_a_trained_run(trained, scene, tmp_path):
