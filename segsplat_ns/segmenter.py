@@ -238,8 +238,8 @@ class Segmenter:
         return self.model.gaussian_scores(queries, scale, exact_near=threshold)
 
     # ---- text ----------------------------------------------------------------------------------------------
-    def check_text_support(self) -> None:
-        """A clear PromptError when the model has no text mode, or no language features were given."""
+    def check_text_mode(self) -> None:
+        """A clear NotSupported when the model has no text mode (before any language features are loaded)."""
         if not self.model.text_support:
             from segsplat_ns.errors import NotSupported
             from segsplat_ns.registry import text_methods
@@ -248,6 +248,10 @@ class Segmenter:
                 f"{type(self.model).__name__} does not answer text prompts (its paper has no language mode): click "
                 f"instead, or train a method that does ({', '.join(text_methods()) or 'none installed'})"
             )
+
+    def check_text_support(self) -> None:
+        """A clear error when the model has no text mode, or no language features were given."""
+        self.check_text_mode()
         if self.language is None:
             raise PromptError(
                 "text prompts need the training views' language features: train with "

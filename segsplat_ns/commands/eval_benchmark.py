@@ -58,7 +58,7 @@ class EvalBenchmark:
             from segsplat_ns.language.context import language_context
             from segsplat_ns.language.sources import LanguageSourceConfig
 
-            segmenter.check_text_support()
+            segmenter.check_text_mode()
             source = None if self.language_folder is None else LanguageSourceConfig("folder", folder=self.language_folder)
             segmenter.language = language_context(pipeline, source)
             scores = self.score_text(segmenter, views, ground_truth)

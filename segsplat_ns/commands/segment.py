@@ -187,7 +187,7 @@ def run_text_segment(args: Segment) -> int:
     _, pipeline, _, _ = load_run(args.load_config)
     model = pipeline.model
     segmenter = Segmenter(model, threshold=args.threshold)
-    segmenter.check_text_support()  # before loading language features: a clear refusal first
+    segmenter.check_text_mode()  # before loading language features: a clear refusal first
     source = None if args.language_folder is None else LanguageSourceConfig(source="folder", folder=args.language_folder)
     segmenter.language = language_context(pipeline, source)
     selection = segmenter.text(args.text)
