@@ -1,14 +1,15 @@
-"""Time the CPU rasterizer, forward and forward + backward.
+"""Time the two CPU rasterizers, old (the exact PyTorch reference) against new (tiled, numba), in one run.
 
-That is ``segsplat_ns.rendering.torch_rasterizer.rasterize_torch_reference``, the exact, non-tiled
-pure-PyTorch reference that ``segsplat_ns.rendering.rasterize`` runs for CPU tensors.
+Scenes: N Gaussians in a unit ball seen by a camera on a ring (radius 3, looking at the origin), sized so that
+projected Gaussians are 0.5-2.5 px in sigma, opacities 0.1-0.95: a trained-scene-like distribution, small and
+mostly occluded (a pixel at the ball's centre sees hundreds of layers and stops at T <= 1e-4 long before the
+last). Prints a markdown table: median ms per call over --repeats runs, the ratio old / new, and the (pixel,
+Gaussian) pairs the tiled rasterizer actually composited. The numba kernels are compiled (or loaded from numba's
+cache) before timing.
 
-Scenes: N Gaussians in a unit ball seen by a camera on a ring (radius 3, looking at the origin),
-scales chosen so that projected Gaussians are a few pixels in radius, as in splatfacto training at
-64-128 px. Prints a markdown table (median ms per call over --repeats runs).
-
-    python benchmarks/bench_rasterize.py
-    python benchmarks/bench_rasterize.py --sizes 64 128 --counts 2000 20000 --channels 3 32
+    python benchmarks/bench_rasterize.py                       # the issue's grid: 10k/100k/1M x 256^2/800x600
+    python benchmarks/bench_rasterize.py --images 256x256 --counts 100000 --channels 3 32
+    python benchmarks/bench_rasterize.py --old-max 100000      # skip the reference above 100k Gaussians
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import time
 
 import torch
 
+from segsplat_ns.rendering.numba_rasterizer import last_pair_count, rasterize_numba
 from segsplat_ns.rendering.torch_rasterizer import rasterize_torch_reference
+
+IMPLS = {"old": rasterize_torch_reference, "new": rasterize_numba}
 
 
 def ring_camera(angle: float, radius: float = 3.0, height: float = 0.5) -> torch.Tensor:
@@ -37,11 +41,14 @@ def ring_camera(angle: float, radius: float = 3.0, height: float = 0.5) -> torch
     return M
 
 
-def make_scene(n: int, size: int, channels: int, seed: int = 0):
+def make_scene(n: int, size: int, channels: int, seed: int = 0, height: int | None = None):
+    """Gaussians for a ``size`` x ``height`` image (square when height is None); the focal length follows the
+    larger side, so Gaussians have the same pixel size at every resolution."""
+    height = size if height is None else height
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(n, 3, generator=g)
     means = d / d.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g).pow(1 / 3)
-    focal = 1.1 * size
+    focal = 1.1 * max(size, height)
     # a Gaussian of world scale s at depth ~3 spans ~focal*s/3 pixels (sigma); aim for 0.5..2.5 px
     sig_px = 0.5 + 2.0 * torch.rand(n, 3, generator=g)
     scales = sig_px * 3.0 / focal
@@ -49,7 +56,7 @@ def make_scene(n: int, size: int, channels: int, seed: int = 0):
     opacities = 0.1 + 0.85 * torch.rand(n, generator=g)
     colors = torch.rand(n, channels, generator=g)
     viewmats = ring_camera(0.7)[None]
-    Ks = torch.tensor([[[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]]])
+    Ks = torch.tensor([[[focal, 0, size / 2], [0, focal, height / 2], [0, 0, 1]]])
     return means, quats, scales, opacities, colors, viewmats, Ks
 
 
@@ -64,56 +71,77 @@ def timeit(fn, repeats: int, warmup: int = 1) -> float:
     return 1000.0 * statistics.median(ts)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h or w)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128], help="square image sizes (px)")
-    ap.add_argument("--counts", type=int, nargs="+", default=[2000, 10000, 20000], help="numbers of Gaussians")
+    ap.add_argument("--images", type=image_size, nargs="+", default=[(256, 256), (800, 600)], help="WxH sizes")
+    ap.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="Gaussians")
     ap.add_argument("--channels", type=int, nargs="+", default=[3], help="colour/feature widths D")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
-    ap.add_argument("--absgrad", action="store_true", help="render with absgrad=True (as splatfacto)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median reported)")
+    ap.add_argument("--old-max", type=int, default=1_000_000, help="run the old rasterizer up to this many Gaussians")
+    ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: every core)")
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        import numba
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats}\n")
-    print("| image | gaussians | D | visible | box px | fwd ms | fwd+bwd ms |")
-    print("|---|---|---|---|---|---|---|")
-    for size in args.sizes:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
+    import numba
+
+    warm = make_scene(100, 32, 3)  # compile (or load) the kernels before timing
+    for dtype in (torch.float32,):
+        out, _, _ = rasterize_numba(*[t.to(dtype).requires_grad_(i < 5) for i, t in enumerate(warm)], 32, 32, absgrad=True)
+        out.sum().backward()
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numba {numba.__version__} "
+          f"({numba.get_num_threads()} threads), median of {args.repeats}, float32, absgrad=True\n")
+    print("| image | gaussians | D | visible | pairs composited | old fwd ms | new fwd ms | fwd ratio "
+          "| old fwd+bwd ms | new fwd+bwd ms | fwd+bwd ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for width, height in args.images:
         for n in args.counts:
             for D in args.channels:
-                scene = make_scene(n, size, D)
+                scene = make_scene(n, width, D, height=height)
                 params = [t.clone().requires_grad_(True) for t in scene[:5]]
                 vm, K = scene[5], scene[6]
+                times = {}
+                for name, impl in IMPLS.items():
+                    if name == "old" and n > args.old_max:
+                        continue
 
-                def fwd():
-                    with torch.no_grad():
-                        return rasterize_torch_reference(*params, vm, K, size, size, absgrad=args.absgrad)
+                    def fwd(impl=impl):
+                        with torch.no_grad():
+                            return impl(*params, vm, K, width, height, absgrad=True)
 
-                def fwd_bwd():
-                    out, alpha, info = rasterize_torch_reference(*params, vm, K, size, size, absgrad=args.absgrad)
-                    info["means2d"].retain_grad()
-                    (out.sum() + alpha.sum()).backward()
-                    for p in params:
-                        p.grad = None
+                    def fwd_bwd(impl=impl):
+                        out, alpha, info = impl(*params, vm, K, width, height, absgrad=True)
+                        info["means2d"].retain_grad()
+                        (out.sum() + alpha.sum()).backward()
+                        for p in params:
+                            p.grad = None
 
-                out, alpha, info = fwd()
-                visible = int((info["radii"] > 0).sum())
-                pairs = _box_pixels(info, size)
-                tf = timeit(fwd, args.repeats)
-                tb = timeit(fwd_bwd, args.repeats)
-                print(f"| {size}x{size} | {n} | {D} | {visible} | {pairs} | {tf:.1f} | {tb:.1f} |", flush=True)
+                    times[name, "fwd"] = timeit(fwd, args.repeats)
+                    if not args.no_backward:
+                        times[name, "bwd"] = timeit(fwd_bwd, args.repeats)
+                    if name == "new":
+                        _, _, info = fwd()
+                        visible, pairs = int((info["radii"] > 0).sum()), last_pair_count()
 
+                def cell(key):
+                    return f"{times[key]:.0f}" if key in times else "—"
 
-def _box_pixels(info, size) -> int:
-    """Pixels inside the visible Gaussians' radius boxes, clipped to the image (~ pairs examined)."""
-    r = info["radii"].float()
-    m = info["means2d"].detach()
-    x0 = (m[..., 0] - r).clamp(0, size)
-    x1 = (m[..., 0] + r).clamp(0, size)
-    y0 = (m[..., 1] - r).clamp(0, size)
-    y1 = (m[..., 1] + r).clamp(0, size)
-    return int((((x1 - x0) * (y1 - y0)) * (r > 0)).sum())
+                def ratio(kind):
+                    ok = ("old", kind) in times and ("new", kind) in times
+                    return f"{times['old', kind] / times['new', kind]:.1f}x" if ok else "—"
+
+                print(f"| {width}x{height} | {n:,} | {D} | {visible:,} | {pairs:,} | {cell(('old', 'fwd'))} "
+                      f"| {cell(('new', 'fwd'))} | {ratio('fwd')} | {cell(('old', 'bwd'))} | {cell(('new', 'bwd'))} "
+                      f"| {ratio('bwd')} |", flush=True)
 
 
 if __name__ == "__main__":

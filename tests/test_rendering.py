@@ -1,5 +1,6 @@
-"""Tests of segsplat_ns.rendering.rasterize (CPU path: segsplat_ns.rendering.torch_rasterizer.rasterize_torch_reference),
-against an independent brute-force reference.
+"""Tests of segsplat_ns.rendering.rasterize on CPU, against an independent brute-force reference: every test runs
+with both CPU rasterizers (the tiled numba one, the default, and the exact pure-PyTorch reference), and the two are
+compared with each other on random scenes.
 
 The reference below is written from gsplat 1.4.0's CUDA kernels in the plainest way (one Gaussian,
 one pixel at a time, Python floats for all the decisions), not from segsplat_ns.rendering.
@@ -12,10 +13,18 @@ import math
 import pytest
 import torch
 
-from segsplat_ns.rendering import rasterize
+from segsplat_ns.rendering import CPU_RASTERIZERS, cpu_rasterizer, rasterize
+from segsplat_ns.rendering.numba_rasterizer import last_pair_count, rasterize_numba
 from segsplat_ns.rendering.torch_rasterizer import rasterize_torch_reference
 
 TILE = 16
+
+
+@pytest.fixture(autouse=True, params=CPU_RASTERIZERS)
+def cpu_impl(request, monkeypatch):
+    """Every test below, once per CPU rasterizer (SEGSPLAT_CPU_RASTERIZER)."""
+    monkeypatch.setenv("SEGSPLAT_CPU_RASTERIZER", request.param)
+    return request.param
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,15 +561,88 @@ def test_per_camera_colors_and_packed_error():
         rasterize(means, quats, scales, opac, colors, viewmats, Ks, W, H, packed=True)
 
 
-def test_cpu_dispatch_is_the_torch_reference():
-    """On CPU tensors, rasterize() is exactly rasterize_torch_reference()."""
+def test_cpu_dispatch_follows_the_environment(cpu_impl, monkeypatch):
+    """On CPU tensors, rasterize() is exactly the rasterizer SEGSPLAT_CPU_RASTERIZER names (numba by default)."""
     W, H = 16, 12
     means, quats, scales, opac, colors, viewmats, Ks = make_scene(20, W, H, C=2, D=5, seed=5)
+    impl = {"numba": rasterize_numba, "reference": rasterize_torch_reference}[cpu_impl]
+    assert cpu_rasterizer() is impl
     a = rasterize(means, quats, scales, opac, colors, viewmats, Ks, W, H, absgrad=True)
-    b = rasterize_torch_reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, absgrad=True)
+    b = impl(means, quats, scales, opac, colors, viewmats, Ks, W, H, absgrad=True)
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
     torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
     torch.testing.assert_close(a[2]["radii"], b[2]["radii"])
+    monkeypatch.delenv("SEGSPLAT_CPU_RASTERIZER")
+    assert cpu_rasterizer() is rasterize_numba
+    monkeypatch.setenv("SEGSPLAT_CPU_RASTERIZER", "cuda")
+    with pytest.raises(ValueError, match="numba, reference"):
+        rasterize(means, quats, scales, opac, colors, viewmats, Ks, W, H)
+
+
+def _bench_scene(n, size, channels, seed, dtype):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_rasterize import make_scene as bench_scene
+
+    return [t.to(dtype) for t in bench_scene(n, size, channels, seed=seed)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numba_matches_reference_on_random_scenes(cpu_impl, dtype, seed):
+    """The tiled rasterizer against the reference: 3,000 Gaussians (many overlaps, pixels that stop early), 64^2,
+    5 channels, background, absgrad; values, every input's gradient, means2d's absgrad and the info dict."""
+    if cpu_impl != "numba":
+        pytest.skip("compares the two implementations directly (runs once)")
+    means, quats, scales, opac, colors, viewmats, Ks = _bench_scene(3000, 64, 5, seed, dtype)
+    bg = torch.linspace(0.1, 0.9, 5, dtype=dtype)[None]
+    weight = torch.rand(1, 64, 64, 5, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    results = []
+    for impl in (rasterize_torch_reference, rasterize_numba):
+        inputs = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac, colors)]
+        out, alpha, info = impl(*inputs, viewmats, Ks, 64, 64, backgrounds=bg, absgrad=True)
+        info["means2d"].retain_grad()
+        ((out * weight).sum() + alpha.square().sum()).backward()
+        results.append((out.detach(), alpha.detach(), [t.grad for t in inputs], info))
+    (o0, a0, g0, i0), (o1, a1, g1, i1) = results
+    tol = dict(atol=2e-6, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-9)
+    assert last_pair_count() > 50_000, "the scene should composite many pairs"
+    assert (a0 > 0.999).any() and (a0 < 0.5).any()
+    torch.testing.assert_close(o1, o0, **tol)
+    torch.testing.assert_close(a1, a0, **tol)
+    for name, x, y in zip(("means", "quats", "scales", "opacities", "colors"), g1, g0):
+        scale = y.abs().max()
+        torch.testing.assert_close(x / scale, y / scale, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    for key in ("means2d", "radii", "conics", "depths", "opacities"):
+        torch.testing.assert_close(i1[key], i0[key], rtol=0, atol=0)
+    for key in ("means2d",):
+        scale = i0[key].absgrad.abs().max()
+        torch.testing.assert_close(i1[key].grad / scale, i0[key].grad / scale, **tol)
+        torch.testing.assert_close(i1[key].absgrad / scale, i0[key].absgrad / scale, **tol)
+    # gsplat's intersection tables: same lists in the same order (float32: the reference's tables key on float32
+    # depths while both composite in the inputs' precision, so float64 near-ties may be listed differently)
+    for key in () if dtype == torch.float64 else ("tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets"):
+        torch.testing.assert_close(i1[key], i0[key], rtol=0, atol=0)
+
+
+def test_empty_and_fully_culled_scenes(cpu_impl):
+    """No Gaussians, or all of them far off-screen: background everywhere, alpha 0, gradients defined (zero)."""
+    W, H = 20, 12
+    means, quats, scales, opac, colors, viewmats, Ks = make_scene(6, W, H, C=2, D=3, seed=2)
+    bg = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=torch.float64)
+    behind = means + torch.tensor([1e4, 0.0, 0.0], dtype=torch.float64)
+    for m, q, s, o, c in ((means[:0], quats[:0], scales[:0], opac[:0], colors[:0]),
+                          (behind, quats, scales, opac, colors)):  # fmt: skip
+        c = c.clone().requires_grad_(True)
+        out, alpha, info = rasterize(m, q, s, o, c, viewmats, Ks, W, H, backgrounds=bg)
+        assert out.shape == (2, H, W, 3) and alpha.shape == (2, H, W, 1)
+        torch.testing.assert_close(out, bg[:, None, None, :].expand(2, H, W, 3))
+        assert float(alpha.detach().abs().max()) == 0.0
+        out.sum().backward()
+        assert c.grad is not None and float(c.grad.abs().sum()) == 0.0
+        assert info["flatten_ids"].numel() == 0
 
 
 # ----------------------------------------------------------------------------------------------

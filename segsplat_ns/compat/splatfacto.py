@@ -5,7 +5,7 @@
   weights cannot be downloaded offline); extension hooks ``initial_gaussian_params`` / ``extra_gaussian_params``
   so a subclass can seed the Gaussians from elsewhere and add per-Gaussian parameters that densification,
   pruning and checkpoint loading carry;
-- rendering through :func:`segsplat_ns.rendering.rasterize` (gsplat on CUDA tensors, a PyTorch rasteriser on CPU
+- rendering through :func:`segsplat_ns.rendering.rasterize` (gsplat on CUDA tensors, the tiled numba rasteriser on CPU
   tensors), split into ``camera_setup`` / ``geometry`` / ``render_rgb`` so a subclass can render other per-Gaussian
   vectors through the same geometry;
 - ``load_state_dict`` resizing the Gaussian parameters in place (resume keeps optimizers attached);
