@@ -242,18 +242,19 @@ def rasterize_torch_reference(
                 conics.detach()[..., 0].reshape(-1)[ent], conics.detach()[..., 1].reshape(-1)[ent],
                 conics.detach()[..., 2].reshape(-1)[ent], o_d.reshape(-1)[ent],
                 px0.reshape(-1)[ent].to(dtype), py0.reshape(-1)[ent].to(dtype),
-                bw.reshape(-1)[ent].to(dtype),
-                (torch.cumsum(cnt, 0) - cnt).to(dtype),
             ],
             dim=-1,
-        )  # [E, 10]
+        )  # [E, 8]
         pix_base = (cam * (H * W) + py0.reshape(-1)[ent] * W + px0.reshape(-1)[ent])  # [E]
         rep = torch.repeat_interleave(torch.arange(E, device=device), cnt)  # [P0]
         t = tab.index_select(0, rep)
-        # position inside the box (float arithmetic is exact far beyond any box size)
-        local = torch.arange(P0, device=device, dtype=dtype) - t[:, 9]
-        ly = torch.floor((local + 0.5) / t[:, 8])
-        lx = local - ly * t[:, 8]
+        # position inside the box, in integers (float32 pair indices are inexact past 2^24 pairs)
+        box_w = bw.reshape(-1)[ent].index_select(0, rep)
+        local = torch.arange(P0, device=device) - (torch.cumsum(cnt, 0) - cnt).index_select(0, rep)
+        ly_i = torch.div(local, box_w, rounding_mode="floor")
+        lx_i = local - ly_i * box_w
+        ly, lx = ly_i.to(dtype), lx_i.to(dtype)
+        del box_w, local
         dx = t[:, 0] - (t[:, 6] + lx + 0.5)
         dy = t[:, 1] - (t[:, 7] + ly + 0.5)
         sigma = 0.5 * (t[:, 2] * dx * dx + t[:, 4] * dy * dy) + t[:, 3] * dx * dy
@@ -261,11 +262,9 @@ def rasterize_torch_reference(
         ok = ((sigma >= 0) & (alpha >= _ALPHA_MIN)).nonzero().squeeze(1)
         rep = rep.index_select(0, ok)
         alpha = alpha.index_select(0, ok)
-        pix = pix_base.index_select(0, rep) + (
-            ly.index_select(0, ok) * W + lx.index_select(0, ok)
-        ).long()
+        pix = pix_base.index_select(0, rep) + ly_i.index_select(0, ok) * W + lx_i.index_select(0, ok)
         g = ent.index_select(0, rep)
-        del t, local, lx, ly, dx, dy, sigma, ok, rep
+        del t, lx, ly, lx_i, ly_i, dx, dy, sigma, ok, rep
         # (pixel, depth) order: pairs were generated in depth order, sort stably by pixel
         pix, perm = torch.sort(pix, stable=True)
         g = g.index_select(0, perm)
