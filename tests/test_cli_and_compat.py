@@ -35,10 +35,31 @@ def test_lpips_without_weights_is_reported_unavailable(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", offline)
-    with pytest.warns(UserWarning, match="LPIPS not available"):
+    monkeypatch.delenv("SEGSPLAT_NO_DOWNLOAD", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(compat.nerfstudio, "_can_download", lambda: True)  # the host answers, the download fails
+    with pytest.warns(UserWarning, match="LPIPS not available.*left out of the metrics"):
         lpips = compat.make_lpips()
     assert isinstance(lpips, compat.LpipsUnavailable)
     assert torch.isnan(lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)))
+
+
+def test_lpips_offline_makes_no_download_attempt(monkeypatch, tmp_path, capfd):
+    """Offline with nothing cached: no "Downloading" line, one warning naming the file that would enable LPIPS."""
+    from torchmetrics.image import lpip
+
+    from segsplat_ns import compat
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("LPIPS construction attempted a download offline")
+
+    monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", must_not_run)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("SEGSPLAT_NO_DOWNLOAD", "1")
+    with pytest.warns(UserWarning, match=f"LPIPS not available.*{compat.nerfstudio.ALEXNET_WEIGHTS}"):
+        lpips = compat.make_lpips()
+    assert isinstance(lpips, compat.LpipsUnavailable)
+    assert "Downloading" not in capfd.readouterr().err
 
 
 def test_default_device_type_follows_cuda_availability():

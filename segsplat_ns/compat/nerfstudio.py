@@ -52,15 +52,42 @@ class LpipsUnavailable:
         return self
 
 
+ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
+"""The torchvision checkpoint torchmetrics' LPIPS loads (from torch hub's cache, downloaded when absent)."""
+
+
+def _can_download(host: str = "download.pytorch.org", timeout: float = 1.5) -> bool:
+    """Whether torchvision's weights host answers (no download attempt, hence no "Downloading" line, offline)."""
+    import os
+    import socket
+
+    if os.environ.get("SEGSPLAT_NO_DOWNLOAD") or os.environ.get("HF_HUB_OFFLINE"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def make_lpips() -> "torch.nn.Module | LpipsUnavailable":
-    """torchmetrics' LPIPS if its weights load (cached or downloadable), else a NaN-returning stand-in."""
+    """torchmetrics' LPIPS if its AlexNet weights are cached or can be downloaded, else a stand-in that makes the
+    model leave ``lpips`` out of its metrics (one warning says so and how to get it)."""
+    from pathlib import Path
+
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
+    fix = f"; lpips is left out of the metrics (put {ALEXNET_WEIGHTS} at {weights} to get it)"
+    if not weights.is_file() and not _can_download():
+        message = f"LPIPS not available (no network and no cached AlexNet weights){fix}"
+        warnings.warn(message, stacklevel=2)
+        return LpipsUnavailable(message)
     try:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
         return LearnedPerceptualImagePatchSimilarity(normalize=True)
-    except Exception as error:  # no network and no cached AlexNet weights: torchvision raises URLError
-        message = f"LPIPS not available ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-        warnings.warn(message + "; lpips will be reported as NaN.", stacklevel=2)
+    except Exception as error:  # the download failed after all, or the cached file is damaged
+        message = f"LPIPS not available ({type(error).__name__}: {str(error).splitlines()[0][:120]}){fix}"
+        warnings.warn(message, stacklevel=2)
         return LpipsUnavailable(message)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from scipy import ndimage
+from tqdm import tqdm
 
 from segsplat_ns.eval.ground_truth import GroundTruth
 from segsplat_ns.eval.metrics import iou
@@ -96,7 +97,7 @@ def click_protocol(
     id_maps = ground_truth.id_maps[level]
     names = ground_truth.names.get(level, {})
     results = []
-    for target in ground_truth.ids(level):
+    for target in tqdm(ground_truth.ids(level), desc=f"segmentation: {level} clicks", unit="target", leave=False):
         areas = [int((id_map == target).sum()) for id_map in id_maps]
         reference = int(np.argmax(areas))
         if areas[reference] < min_area:

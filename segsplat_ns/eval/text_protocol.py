@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from segsplat_ns.eval.ground_truth import GroundTruth
 from segsplat_ns.eval.metrics import iou
@@ -42,7 +43,7 @@ def text_protocol(segmenter: Segmenter, cameras, ground_truth: GroundTruth, leve
     views = ground_truth.text.get(level, [])
     categories = sorted({category for targets in views for category in targets})
     results = []
-    for category in categories:
+    for category in tqdm(categories, desc=f"text: {level} prompts", unit="prompt", leave=False):
         selection = segmenter.text(category)
         result = TextResult(category, selection.count, selection.message or "")
         for view, targets in enumerate(views):
