@@ -1,0 +1,177 @@
+"""GAGS — granularity-aware feature distillation for language Gaussian splatting (AAAI-26): what the paper adds.
+
+- a 16-float feature per Gaussian (the authors' 512 / 32), rendered through the frozen RGB splat;
+- the decoders of Eq. 2 (:mod:`.decoder`): the rendered feature -> a unit 512-d CLIP feature f_clip and the
+  granularity weights alpha = softmax(eta) over subpart / part / whole;
+- the loss of Eq. 7 (:mod:`.loss`): region-aware (Eq. 5) weighted distillation (Eq. 3) against the language
+  cache's three levels, the entropy of alpha (Eq. 4), and from ``consistency_start`` on the region feature
+  consistency (Eq. 6) with the entropy weight doubled (the authors' schedule);
+- inference: a text prompt scores every Gaussian by LERF's relevancy of its decoded feature (one decoder pass
+  over the per-Gaussian features, cached in half precision); a click scores every Gaussian by the cosine of its
+  decoded feature to the decoded feature at the clicked pixel.
+
+Granularity-aware prompting (Eq. 1, :mod:`.prompts`) changes where SAM is prompted; its functions are here and
+tested, but the ``sam`` mask source does not call them yet (docs/gags.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Type
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn import Parameter
+
+from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.contract import LanguageViews, TextQuery, TextScores, Wording
+from segsplat_ns.errors import PromptError
+from segsplat_ns.methods.gags import loss as gags_loss
+from segsplat_ns.methods.gags.decoder import FeatureDecoder, GranularityDecoder
+
+__all__ = ["GagsModel", "GagsModelConfig"]
+
+CLIP_DIM = 512
+
+
+@dataclass
+class GagsModelConfig(SegSplatModelConfig):
+    """GAGS's distilled language features on top of splatfacto."""
+
+    _target: Type = field(default_factory=lambda: GagsModel)
+    feature_dim: int = 16
+    """Width of the per-Gaussian feature f (authors: 512 / 32 = 16)."""
+    clip_dim: int = CLIP_DIM
+    """D: width of f_clip = D(f_render), the CLIP embedding width (OpenCLIP ViT-B/16: 512)."""
+    distill_form: Literal["paper", "code"] = "paper"
+    """Eq. 3 as written (sum_n alpha_n ||f_clip - f_n||^2), or the authors' L1 to sum_n alpha_n f_n."""
+    consistency_form: Literal["paper", "code"] = "paper"
+    """Eq. 6 on f_clip per region size, or the authors' size-weighted variance of the rendered 16-d feature."""
+    entropy_weight: float = 0.001
+    """lambda_entropy of Eq. 7 before consistency_start (authors' code: 0.001)."""
+    late_entropy_weight: float = 0.002
+    """lambda_entropy from consistency_start on (authors' code: 0.002)."""
+    consistency_weight: float = 0.1
+    """lambda_cons of Eq. 7, from consistency_start on (authors' code: 0.1)."""
+    consistency_start: int = 15000
+    """Feature-stage step from which Eq. 6 applies (authors: iteration 15001 of 30,000)."""
+    region_smooth: int = 5
+    """m_f: alpha is mean-filtered over this many pixels per side before the argmax (authors' code: 5)."""
+    text_threshold: float = 0.5
+    """Text prompts: Gaussians whose relevancy exceeds this are selected (0.5: closer to the prompt than to
+    every canonical phrase)."""
+
+
+class GagsModel(SegSplatModel):
+    config: GagsModelConfig
+    feature_key = "language_features"
+    text_support = "relevancy of each Gaussian's decoded CLIP feature (GAGS)"
+    wording = Wording(nothing_selected="no Gaussian's decoded feature is within cosine {threshold:.2f} of the click: lower it")
+
+    def populate_method_modules(self) -> None:
+        self.feature_decoder = FeatureDecoder(self.config.feature_dim, self.config.clip_dim)
+        self.granularity_decoder = GranularityDecoder(self.config.feature_dim)
+        self._decoded: Optional[torch.Tensor] = None
+        self._decoded_key: Optional[tuple] = None
+
+    def initial_features(self, num_points: int) -> torch.Tensor:
+        return torch.randn(num_points, self.config.feature_dim) * 0.1
+
+    def method_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {
+            "feature_decoder": list(self.feature_decoder.parameters()),
+            "granularity_decoder": list(self.granularity_decoder.parameters()),
+        }
+
+    # ---- training ------------------------------------------------------------------------------------
+    def _record_tensors(self, record, height: int, width: int):
+        if record is None:
+            raise RuntimeError(
+                "gags distils CLIP features: train with --pipeline.datamanager.language.source clip (SAM masks + "
+                "OpenCLIP) or folder (LangSplat/GAGS-layout language_features/)"
+            )
+        index_maps = torch.from_numpy(np.asarray(record.index_maps).astype(np.int64)).to(self.device)
+        if tuple(index_maps.shape[1:]) != (height, width):  # nearest, as the authors resize seg maps
+            index_maps = F.interpolate(index_maps[None].float(), size=(height, width), mode="nearest")[0].long()
+        features = torch.from_numpy(np.asarray(record.features, dtype=np.float32)).to(self.device)
+        return index_maps.reshape(gags_loss.NUM_LEVELS, -1), features
+
+    def feature_loss_dict(self, outputs: Dict[str, torch.Tensor], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        rendered = outputs["features"]  # [H, W, C]
+        H, W, C = rendered.shape
+        index_maps, clip = self._record_tensors(batch.get("language"), H, W)
+        f = rendered.reshape(-1, C)
+        eta = self.granularity_decoder.logits(f.detach())  # the authors decode eta from the detached feature
+        alpha = torch.softmax(eta, dim=-1)
+        f_clip = self.feature_decoder(f)
+        targets, valid = gags_loss.level_targets(index_maps, clip)
+        # alpha over the levels a pixel has a mask at (docs/gags.md: the authors drop pixels missing any level)
+        present = gags_loss.present_alpha(eta, valid)
+        regions = gags_loss.region_map(index_maps, present, H, W, smooth=self.config.region_smooth)
+        distill = (gags_loss.distill_map if self.config.distill_form == "paper" else gags_loss.distill_map_code)(
+            f_clip, targets, present
+        )
+        supervised = valid.any(0)
+        regions_supervised = torch.where(supervised, regions, torch.full_like(regions, -1))
+        losses = {"gags_distill": gags_loss.region_average(distill, regions_supervised)}
+        late = self.step - self.feature_start_step >= self.config.consistency_start
+        entropy_weight = self.config.late_entropy_weight if late else self.config.entropy_weight
+        losses["gags_entropy"] = entropy_weight * gags_loss.entropy(alpha)
+        if late and self.config.consistency_weight > 0:
+            if self.config.consistency_form == "paper":
+                cons = gags_loss.consistency(f_clip, regions)
+            else:
+                cons = gags_loss.consistency_code(f, regions)
+            losses["gags_consistency"] = self.config.consistency_weight * cons
+        return losses
+
+    # ---- inference -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decoded_gaussian_features(self) -> torch.Tensor:
+        """Every Gaussian's decoded, unit CLIP feature [N, D], half precision, cached until the features change."""
+        features = self.gauss_params[self.feature_key]
+        key = (features.data_ptr(), features.shape[0], features._version, self.step)
+        if self._decoded is None or self._decoded_key != key:
+            chunks = [self.feature_decoder(chunk.float()).half() for chunk in torch.split(features.detach(), 65536)]
+            self._decoded = torch.cat(chunks) if chunks else features.new_zeros(0, self.config.clip_dim).half()
+            self._decoded_key = key
+        return self._decoded
+
+    def prompt_query(self, feature_map: torch.Tensor, pixels: torch.Tensor, scale: float) -> torch.Tensor:
+        """The decoded feature at each clicked pixel [K, D] (the scale is not used: the decoder picks the
+        granularity of what it renders)."""
+        x = pixels[:, 0].long().clamp(0, feature_map.shape[1] - 1)
+        y = pixels[:, 1].long().clamp(0, feature_map.shape[0] - 1)
+        return self.feature_decoder(feature_map[y, x].float())
+
+    def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
+        decoded = self.decoded_gaussian_features().float()
+        return (decoded @ queries.float().T).amax(-1)
+
+    def decomposition_features(self, scale: float) -> torch.Tensor:
+        """The decoded CLIP features (the paper has no decomposition; clustering them groups what CLIP names alike)."""
+        return self.decoded_gaussian_features().float()
+
+    def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
+        """LERF relevancy of every Gaussian's decoded feature; selected: relevancy above ``text_threshold``."""
+        from segsplat_ns.language.relevancy import relevancy
+
+        if not self.has_features:
+            raise PromptError("this gags run has no trained language features yet: finish the feature stage first")
+        decoded = self.decoded_gaussian_features()
+        scores = torch.cat([relevancy(chunk.float(), query.embedding, query.canonical)
+                            for chunk in torch.split(decoded, 262144)]) if decoded.shape[0] else decoded.new_zeros(0)  # fmt: skip
+        selection = scores > self.config.text_threshold
+        return TextScores(relevancy=scores.float(), selection=selection, facts={"selected": int(selection.sum())})
+
+    @classmethod
+    def cpu_training_args(cls, tiny: bool = False) -> List[str]:
+        # consistency from the middle of the feature stage (the authors' 15001 of 30,000); the short CPU feature
+        # stages (150 / 1,500 steps, not 30,000) use 10x the authors' learning rates (docs/gags.md)
+        return [
+            "--pipeline.model.consistency-start", "75" if tiny else "750",
+            "--optimizers.language-features.optimizer.lr", "1e-2",
+            "--optimizers.feature-decoder.optimizer.lr", "1e-3",
+            "--optimizers.granularity-decoder.optimizer.lr", "1e-3",
+        ]  # fmt: skip

@@ -1,0 +1,142 @@
+"""GAGS's maths on hand-computed examples (Eq. 1, 3-6), its decoders, and `ns-train gags` end to end on the tiny
+synthetic scene (whose language features are the scene's stand-in for CLIP)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from segsplat_ns.methods.gags import loss as L
+from segsplat_ns.methods.gags.decoder import FeatureDecoder, GranularityDecoder
+from segsplat_ns.methods.gags.prompts import minimum_visible_depth, patch_prompt_counts, sample_prompt_points
+
+# ---- Eq. 3-6 -------------------------------------------------------------------------------------------------
+
+F_S, F_P, F_W = [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]
+
+
+def test_level_targets_read_each_level_and_mark_missing_masks():
+    features = torch.tensor([F_S, F_P, F_W])
+    index_maps = torch.tensor([[0, -1], [1, 1], [2, 2]])  # pixel 1 has no subpart mask
+    targets, valid = L.level_targets(index_maps, features)
+    assert valid.tolist() == [[True, False], [True, True], [True, True]]
+    assert targets[:, 0].tolist() == [F_S, F_P, F_W]
+    assert targets[0, 1].tolist() == [0.0, 0.0]
+
+
+def test_distill_eq3_by_hand():
+    """f_clip = 0, targets (1,0), (0,1), (1,1), alpha (0.5, 0.25, 0.25): 0.5*1 + 0.25*1 + 0.25*2 = 1.25."""
+    targets = torch.tensor([[F_S], [F_P], [F_W]])  # [3, 1, 2]
+    alpha = torch.tensor([[0.5, 0.25, 0.25]])
+    f = torch.zeros(1, 2)
+    assert L.distill_map(f, targets, alpha).tolist() == [1.25]
+    # the authors' form: L1 to 0.5 (1,0) + 0.25 (0,1) + 0.25 (1,1) = (0.75, 0.5), averaged over channels
+    assert L.distill_map_code(f, targets, alpha).tolist() == [pytest.approx(0.625)]
+
+
+def test_present_alpha_is_a_softmax_over_the_levels_present():
+    """eta (ln 2, 5, 0): over levels s and w only, softmax(ln 2, 0) = (2/3, 1/3); a pixel with no level gets zeros;
+    even when the absent level dominates eta by far (alpha underflows elsewhere), the present ones share 1."""
+    eta = torch.tensor([[math.log(2), 5.0, 0.0], [0.2, 0.3, 0.5], [0.0, 200.0, 1.0]])
+    valid = torch.tensor([[True, False, True], [False, False, False], [True, False, True]])
+    out = L.present_alpha(eta, valid)
+    assert out[0].tolist() == [pytest.approx(2 / 3), 0.0, pytest.approx(1 / 3)]
+    assert out[1].tolist() == [0.0, 0.0, 0.0]
+    assert float(out[2].sum()) == pytest.approx(1.0) and float(out[2, 1]) == 0.0
+
+
+def test_entropy_eq4_by_hand():
+    alpha = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    assert float(L.entropy(alpha)) == pytest.approx(math.log(2) / 2, abs=1e-5)
+    uniform = torch.full((1, 3), 1 / 3)
+    assert float(L.entropy(uniform)) == pytest.approx(math.log(3), abs=1e-5)
+
+
+def test_region_average_eq5_equals_beta_weighting():
+    """Regions of 3 and 1 pixels with losses 1,1,1 and 4: each region counts once -> (1 + 4) / 2 = 2.5, which is
+    beta_r = mean size / size (2/3 and 2) times the loss, averaged over pixels; the plain mean is 1.75."""
+    values = torch.tensor([1.0, 1.0, 1.0, 4.0])
+    regions = torch.tensor([0, 0, 0, 7])
+    assert float(L.region_average(values, regions)) == pytest.approx(2.5)
+    beta = torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0])
+    assert float((beta * values).mean()) == pytest.approx(2.5)
+    assert float(L.region_average(values, torch.tensor([0, 0, -1, -1]))) == pytest.approx(1.0)  # -1: no region
+    assert float(L.region_average(values, torch.full((4,), -1))) == 0.0
+
+
+def test_consistency_eq6_by_hand():
+    """Region {0, 2} (mean 1, deviations 1 and 1) and region {5}: (1 + 1) / 2 + 0 = 1.0 (paper); the authors' form
+    is size x unbiased variance / pixels = 2 x 2 / 3 over regions of 2+ pixels."""
+    features = torch.tensor([[0.0], [2.0], [5.0]])
+    regions = torch.tensor([3, 3, 4])
+    assert float(L.consistency(features, regions)) == pytest.approx(1.0)
+    assert float(L.consistency_code(features, regions)) == pytest.approx(4 / 3)
+    two_channels = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+    assert float(L.consistency(two_channels, torch.tensor([0, 0]))) == pytest.approx((1 + 4 + 1 + 4) / 2)
+
+
+def test_region_map_takes_each_pixels_argmax_level():
+    index_maps = torch.tensor([[10, 11], [20, 21], [30, -1]])
+    alpha = torch.tensor([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    assert L.region_map(index_maps, alpha, 1, 2, smooth=1).tolist() == [30, 11]
+
+
+# ---- Eq. 1 ----------------------------------------------------------------------------------------------------
+
+
+def test_prompt_density_eq1_two_views_at_d_and_2d():
+    """One object seen from distance d (the closest view: MD = D) and from 2d: 1:4 prompt densities."""
+    d = 1.5
+    near = patch_prompt_counts(torch.full((8, 8), d), torch.full((8, 8), d), grid=(2, 2), points_per_patch=4)
+    far = patch_prompt_counts(torch.full((8, 8), 2 * d), torch.full((8, 8), d), grid=(2, 2), points_per_patch=4)
+    assert near.tolist() == [[4, 4], [4, 4]]
+    assert far.tolist() == [[16, 16], [16, 16]]
+    # a patch half near, half far: mean of the squared ratios (1 + 4) / 2 = 2.5 -> 10 points
+    depth = torch.full((8, 8), d)
+    depth[:, :2] = 2 * d
+    mixed = patch_prompt_counts(depth, torch.full((8, 8), d), grid=(2, 2), points_per_patch=4)
+    assert mixed.tolist() == [[10, 4], [10, 4]]
+    # pixels without depth are left out; a patch without any gets n; the clamp applies
+    depth[:4, :4] = float("inf")
+    assert patch_prompt_counts(depth, torch.full((8, 8), d), grid=(2, 2), points_per_patch=4)[0, 0] == 4
+    assert patch_prompt_counts(torch.full((8, 8), 9 * d), torch.full((8, 8), d), grid=(1, 1), points_per_patch=4,
+                               clamp=(1, 100)).item() == 100  # fmt: skip
+
+
+def test_minimum_visible_depth_with_occlusion():
+    """Two views, three Gaussians. Gaussian 0 is seen at depth 2 and 4: MD 2. Gaussian 1 projects onto a pixel
+    whose rendered depth is 1 (something in front) in view 0: occluded there, so its MD is view 1's 3.
+    Gaussian 2 is outside both images: never visible (inf)."""
+    rendered = torch.tensor([[[2.0, 1.0]], [[4.0, 3.0]]])  # [V=2, H=1, W=2]
+    depths = torch.tensor([[2.0, 2.5, 1.0], [4.0, 3.0, 1.0]])
+    pixels = torch.tensor([[[0, 0], [1, 0], [5, 0]], [[0, 0], [1, 0], [-1, 0]]])
+    md = minimum_visible_depth(depths, pixels, rendered)
+    assert md.tolist() == [2.0, 3.0, float("inf")]
+
+
+def test_prompt_points_follow_counts_and_density():
+    counts = torch.tensor([[3, 0], [1, 2]])
+    density = torch.zeros(4, 4)
+    density[0, 1] = 1.0  # top-left patch: all mass on pixel (x=1, y=0)
+    g = torch.Generator().manual_seed(0)
+    points = sample_prompt_points(counts, density, g)
+    assert points.shape == (6, 2)
+    assert points[:3].tolist() == [[0.375, 0.125]] * 3  # pixel centre (1.5 / 4, 0.5 / 4)
+    assert ((points[3:] >= 0) & (points[3:] <= 1)).all()
+    assert (points[3:, 1] >= 0.5).all()  # bottom patches
+
+
+# ---- Eq. 2: the decoders --------------------------------------------------------------------------------------
+
+
+def test_decoders_shapes_and_ranges():
+    torch.manual_seed(0)
+    features = torch.randn(5, 7, 16)
+    f_clip = FeatureDecoder(16, 512)(features)
+    alpha = GranularityDecoder(16)(features)
+    assert f_clip.shape == (5, 7, 512) and alpha.shape == (5, 7, 3)
+    torch.testing.assert_close(f_clip.norm(dim=-1), torch.ones(5, 7))
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(5, 7))
+    assert (alpha > 0).all()
