@@ -19,6 +19,8 @@ Hooks, by who calls them:
 ``text_support``           class attribute: how the method answers text prompts ("" = it does not)
 ``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
 ``inference_variants``     class attribute: named inference-time option sets the bench reports as ablation rows
+``prompts_sam``            class attribute: whether the method places SAM's prompt points itself
+``sam_prompt_points``      per training camera, SAM prompt points in [0, 1] (pipeline, before mask extraction)
 ``cpu_training_args``      classmethod: ns-train flags that size a run for a CPU (bench, demo, tests)
 ``latency_probe``          classmethod: the method's fast scoring path on synthetic data (bench-latency)
 =========================  ===============================================================================
@@ -132,6 +134,8 @@ class MethodContract:
     wording: ClassVar[Wording] = Wording()
     text_support: ClassVar[str] = ""
     """How the method answers text prompts, in a few words for users; empty: it does not."""
+    prompts_sam: ClassVar[bool] = False
+    """Whether the method places SAM's prompt points itself (:meth:`sam_prompt_points`) instead of SAM's grid."""
     inference_variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
     """Improvements that act at inference only, by name: model config field -> value. ``segsplat bench`` evaluates
     each trained run once more per variant (an ablation row beside the paper's defaults)."""
@@ -167,6 +171,12 @@ class MethodContract:
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
         """Every Gaussian's relevancy to a text query (and the method's selection, if it makes one)."""
         raise NotSupported(f"{type(self).__name__} does not answer text prompts (its paper has no language mode)")
+
+    # ---- training data -------------------------------------------------------------------------------
+    def sam_prompt_points(self, cameras: "Cameras") -> List[Any]:
+        """Per training camera, float [K, 2] (x, y) in [0, 1]: where SAM's automatic generator is prompted
+        (methods with ``prompts_sam``; called once the RGB splat is trained, before masks are extracted)."""
+        raise NotSupported(f"{type(self).__name__} uses SAM's regular prompt grid")
 
     # ---- tooling ---------------------------------------------------------------------------------------
     @classmethod

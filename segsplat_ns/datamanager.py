@@ -24,6 +24,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
     FullImageDatamanagerConfig,
 )
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from segsplat_ns.errors import InputError
 from segsplat_ns.eval.ground_truth import GroundTruth, load_ground_truth
@@ -105,6 +106,17 @@ class SegSplatDataManager(FullImageDatamanager):
             masks = cache.load_or_compute(self.mask_source(), paths, self.train_image_uint8, image_sizes=sizes, lazy=True)
             self.train_masks = masks
         return self.train_masks
+
+    def use_mask_prompts(self, prompts: Sequence[np.ndarray]) -> None:
+        """Prompt the mask source at these points, one float [K, 2] array per training image (before masks load)."""
+        assert self.train_masks is None, "prompts must be set before the masks are extracted"
+        paths, _ = self._train_paths_and_sizes()
+        if len(prompts) != len(paths):
+            raise ValueError(f"{len(prompts)} prompt sets for {len(paths)} training images")
+        total = sum(int(np.asarray(p).shape[0]) for p in prompts)
+        self._mask_source = self.mask_source().with_prompts({str(path): p for path, p in zip(paths, prompts)})
+        CONSOLE.log(f"SAM prompted at {total} points over {len(paths)} images (depth-aware, "
+                    f"{total / max(len(paths), 1):.0f} per image on average)")
 
     def mask_source(self):
         """The configured mask source, set up once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,3 +141,46 @@ def test_decoders_shapes_and_ranges():
     torch.testing.assert_close(f_clip.norm(dim=-1), torch.ones(5, 7))
     torch.testing.assert_close(alpha.sum(-1), torch.ones(5, 7))
     assert (alpha > 0).all()
+
+
+# ---- Eq. 1 on a trained run, through the pipeline -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gags_pipeline(train_run):
+    from segsplat_ns.runs import load_run
+
+    _, pipeline, _, _ = load_run(train_run("gags"), test_mode="test")
+    return pipeline
+
+
+@pytest.mark.slow
+def test_depth_aware_prompts_prompt_sam_through_the_pipeline(gags_pipeline, monkeypatch, tmp_path):
+    """The tiny gags run places SAM's prompts by Eq. 1 (>= 1 point in each of the 8 x 8 patches, inside the image),
+    and the pipeline hands them to a prompt-taking mask source before extracting masks (a random-weight SAM)."""
+    from test_masks import tiny_sam
+
+    from segsplat_ns.masks.sources import SamMaskSource
+
+    pipeline = gags_pipeline
+    cameras = pipeline.datamanager.train_dataset.cameras
+    pipeline.model.eval()
+    points = pipeline.model.sam_prompt_points(cameras)
+    assert len(points) == len(cameras)
+    for p in points:
+        assert p.shape[1] == 2 and p.shape[0] >= 64 and (p >= 0).all() and (p <= 1).all()
+    assert len({len(p) for p in points}) > 1, "views at different distances get different numbers of points"
+
+    datamanager = pipeline.datamanager
+    source = SamMaskSource.from_model(tiny_sam(), model_id="tiny", points_per_side=2, pred_iou_thresh=0.0,
+                                      stability_score_thresh=0.0, min_mask_region_area=0)  # fmt: skip
+    monkeypatch.setattr(datamanager, "_mask_source", source)
+    monkeypatch.setattr(datamanager, "train_masks", None)
+    monkeypatch.setattr(datamanager, "train_mask_scales", None)
+    monkeypatch.setattr(datamanager.config, "cache_dir", tmp_path / "cache")
+    pipeline.prepare_feature_stage()
+    used = datamanager.mask_source()
+    assert used.prompts is not None and len(used.prompts) == len(cameras)
+    first = str(datamanager.train_dataset.image_filenames[0])
+    np.testing.assert_allclose(used.prompts[first], points[0])
+    assert datamanager.masks_ready

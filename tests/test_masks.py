@@ -538,3 +538,27 @@ def test_encode_decode_roundtrip_and_size():
     with pytest.raises(cache_mod.CacheCorruptError):
         decode_masks(blob, (5, 33, 48))
     assert decode_masks(encode_masks(np.zeros((0, 4, 4), bool)), (0, 4, 4)).shape == (0, 4, 4)
+
+
+def test_sam_source_with_prompt_points_per_image(monkeypatch):
+    """with_prompts: the listed image is prompted at its points, others at the regular grid; the generator's grid
+    is restored; the cache key names the points; a source without prompts refuses clearly."""
+    source = SamMaskSource.from_model(tiny_sam(), model_id="tiny", points_per_side=2, pred_iou_thresh=0.0,
+                                      stability_score_thresh=0.0, min_mask_region_area=0)
+    points = np.array([[0.25, 0.75], [0.5, 0.5], [0.9, 0.1]], dtype=np.float32)
+    prompted = source.with_prompts({"a.png": points})
+    image = (np.random.RandomState(1).rand(40, 56, 3) * 255).astype(np.uint8)
+    real = prompted.masks_for(image, Path("a.png"))  # the real generator accepts the custom grid
+    assert real.dtype == bool and real.shape[1:] == (40, 56)
+    grids = []
+    monkeypatch.setattr(source.generator, "generate", lambda im: grids.append([g.copy() for g in source.generator.point_grids]) or [])
+    prompted.masks_for(image, Path("a.png"))
+    prompted.masks_for(image, Path("b.png"))
+    np.testing.assert_allclose(grids[0][0], points)
+    assert grids[1][0].shape == (4, 2)  # points_per_side 2: SAM's own grid
+    assert source.generator.point_grids[0].shape == (4, 2)
+    key, plain = prompted.cache_key(), source.cache_key()
+    assert key != plain and "prompt_points_sha256" in key and key == source.with_prompts({"a.png": points}).cache_key()
+    assert key != source.with_prompts({"a.png": points[:2]}).cache_key()
+    with pytest.raises(MaskSourceError, match="takes no prompt points"):
+        ClassicalMaskSource().with_prompts({"a.png": points})

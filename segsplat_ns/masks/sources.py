@@ -143,10 +143,17 @@ class MaskSource:
 
     name: str = "base"
     """Short identifier, used in cache file names."""
+    accepts_prompts: bool = False
+    """Whether :meth:`with_prompts` can place the prompt points per image (SAM's automatic generator)."""
 
     def cache_key(self) -> Dict[str, Any]:
         """JSON-able description of everything that changes the output (the mask cache is keyed on it)."""
         raise NotImplementedError
+
+    def with_prompts(self, prompts: Dict[str, np.ndarray]) -> "MaskSource":
+        """This source prompted at given points per image (``str(image path)`` -> float ``[K, 2]`` (x, y) in
+        [0, 1]) instead of its own grid. Only sources with ``accepts_prompts``."""
+        raise MaskSourceError(f"the {self.name} mask source takes no prompt points (only sam does)")
 
     def masks_for(self, image: np.ndarray, image_path: Path) -> np.ndarray:
         """Masks of one image. ``image``: uint8 ``[H, W, 3]`` (float in [0, 1], torch tensors, RGBA and
@@ -402,6 +409,8 @@ class SamMaskSource(MaskSource):
     """segment-anything's ``SamAutomaticMaskGenerator`` (defaults: SAGA's settings, as in its authors' extraction script)."""
 
     name = "sam"
+    accepts_prompts = True
+    prompts: Optional[Dict[str, np.ndarray]] = None
 
     def __init__(self, model: Any, model_id: Dict[str, Any], **params: Any):
         """Prefer :meth:`from_checkpoint` / :meth:`from_model`. ``params`` go to the generator."""
@@ -452,13 +461,36 @@ class SamMaskSource(MaskSource):
         import segment_anything
 
         params = {k: v for k, v in self.params.items() if k != "points_per_batch"}  # does not change the output
-        return {"source": "sam", **self.model_id, **params, "crop_n_layers": 0,
-                "segment_anything": getattr(segment_anything, "__version__", "1.0")}
+        key = {"source": "sam", **self.model_id, **params, "crop_n_layers": 0,
+               "segment_anything": getattr(segment_anything, "__version__", "1.0")}
+        if self.prompts is not None:
+            digest = hashlib.sha256()
+            for name in sorted(self.prompts):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(self.prompts[name], dtype=np.float32).tobytes())
+            key.update(points_per_side=None, prompt_points_sha256=digest.hexdigest())
+        return key
+
+    def with_prompts(self, prompts: Dict[str, np.ndarray]) -> "SamMaskSource":
+        """The same model and settings, prompted per image at ``prompts[str(path)]`` (images not listed keep the
+        regular grid); the cache key names the points."""
+        import copy
+
+        prompted = copy.copy(self)
+        prompted.prompts = {str(k): np.asarray(v, dtype=np.float32).reshape(-1, 2) for k, v in prompts.items()}
+        return prompted
 
     def masks_for(self, image: np.ndarray, image_path: Path) -> np.ndarray:
         image = as_uint8_rgb(image)
         h, w = image.shape[:2]
-        records = self.generator.generate(image)
+        grid = None if self.prompts is None else self.prompts.get(str(image_path))
+        regular = self.generator.point_grids
+        if grid is not None:  # the generator scales [0, 1] points by the image size (one crop layer)
+            self.generator.point_grids = [grid.astype(np.float64)]
+        try:
+            records = self.generator.generate(image)
+        finally:
+            self.generator.point_grids = regular
         if not records:
             return np.zeros((0, h, w), dtype=bool)
         masks = np.stack([np.asarray(r["segmentation"], dtype=bool) for r in records])

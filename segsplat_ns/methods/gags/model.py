@@ -10,8 +10,8 @@
   over the per-Gaussian features, cached in half precision); a click scores every Gaussian by the cosine of its
   decoded feature to the decoded feature at the clicked pixel.
 
-Granularity-aware prompting (Eq. 1, :mod:`.prompts`) changes where SAM is prompted; its functions are here and
-tested, but the ``sam`` mask source does not call them yet (docs/gags.md).
+Granularity-aware prompting (Eq. 1, :mod:`.prompts`): :meth:`GagsModel.sam_prompt_points` places SAM's prompt
+points per training view once the RGB splat exists; the pipeline hands them to the ``sam`` mask source.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class GagsModelConfig(SegSplatModelConfig):
     """lambda_cons of Eq. 7, from consistency_start on (authors' code: 0.1)."""
     consistency_start: int = 15000
     """Feature-stage step from which Eq. 6 applies (authors: iteration 15001 of 30,000)."""
+    prompt_grid: int = 8
+    """Eq. 1 with the sam mask source: each image is split into prompt-grid x prompt-grid patches (code: 8)."""
+    prompt_points_per_patch: int = 16
+    """n of Eq. 1: prompt points of a patch seen from its closest view (code: 4 x 4 per cell)."""
     region_smooth: int = 5
     """m_f: alpha is mean-filtered over this many pixels per side before the argmax (authors' code: 5)."""
     text_threshold: float = 0.5
@@ -67,6 +71,7 @@ class GagsModel(SegSplatModel):
     config: GagsModelConfig
     feature_key = "language_features"
     text_support = "relevancy of each Gaussian's decoded CLIP feature (GAGS)"
+    prompts_sam = True
     wording = Wording(nothing_selected="no Gaussian's decoded feature is within cosine {threshold:.2f} of the click: lower it")
 
     def populate_method_modules(self) -> None:
@@ -125,6 +130,42 @@ class GagsModel(SegSplatModel):
                 cons = gags_loss.consistency_code(f, regions)
             losses["gags_consistency"] = self.config.consistency_weight * cons
         return losses
+
+    # ---- Eq. 1: where SAM is prompted ----------------------------------------------------------------
+    @torch.no_grad()
+    def sam_prompt_points(self, cameras) -> List[np.ndarray]:
+        """Per training camera, SAM prompt points (x, y) in [0, 1] by Eq. 1 (:mod:`.prompts`): the rendered depth D,
+        every Gaussian's minimum visible depth MD over the views, rendered as a map, patch counts
+        ``mean(D^2 / MD^2) * n``, and points drawn by the density of visible Gaussians."""
+        from segsplat_ns.methods.gags import prompts
+
+        means = self.means.detach()
+        views = []
+        for index in range(len(cameras)):
+            camera = cameras[index : index + 1].to(self.device)
+            depth = self.get_outputs(camera)["depth"][..., 0]
+            viewmat, K, width, height = self.camera_setup(camera, 1)
+            cam = means @ viewmat[0, :3, :3].T + viewmat[0, :3, 3]
+            z = cam[:, 2]
+            uv = (cam @ K[0].T)[:, :2] / z.clamp_min(1e-8)[:, None]
+            pixels = torch.where(z[:, None] > 0, torch.floor(uv), torch.full_like(uv, -1)).long()
+            views.append((camera, depth, pixels, z))
+        # each view's visible depths (views may differ in size), then MD: the minimum over views
+        seen = torch.stack([prompts.visible_depths(z[None], px[None], d[None])[0] for _, d, px, z in views])
+        md = seen.min(0).values  # [N]
+        finite = torch.isfinite(md)
+        md_colors = torch.stack([torch.where(finite, md, torch.zeros_like(md)), finite.float()], -1)
+        out = []
+        for index, (camera, depth, pixels, z) in enumerate(views):
+            rendered, _ = self.render_features(md_colors, camera)
+            md_map = torch.where(rendered[..., 1] > 1e-3, rendered[..., 0] / rendered[..., 1].clamp_min(1e-3),
+                                 torch.full_like(rendered[..., 0], float("inf")))  # fmt: skip
+            counts = prompts.patch_prompt_counts(depth, md_map, (self.config.prompt_grid,) * 2,
+                                                 self.config.prompt_points_per_patch)  # fmt: skip
+            density = prompts.visible_density(pixels, torch.isfinite(seen[index]), *depth.shape)
+            generator = torch.Generator().manual_seed(index)
+            out.append(prompts.sample_prompt_points(counts.cpu(), density.cpu(), generator).numpy())
+        return out
 
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,8 +1,8 @@
 """GAGS's granularity-aware prompting (Sec. 3.1, Eq. 1): how many SAM prompt points each image patch gets.
 
-* :func:`minimum_visible_depth`: every Gaussian's smallest depth over the views where it is visible (the authors'
-  ``depth_SAM.py``: projected into a view, a Gaussian is visible when its depth is within 0.25 x the rendered
-  depth at its pixel);
+* :func:`visible_depths` / :func:`minimum_visible_depth`: every Gaussian's smallest depth over the views where it
+  is visible (the authors' ``depth_SAM.py``: projected into a view, a Gaussian is visible when its depth is
+  within 0.25 x the rendered depth at its pixel); :func:`visible_density`: visible Gaussians per pixel;
 * :func:`patch_prompt_counts` (Eq. 1): ``n_P = mean_{p in P} D(p)^2 / MD(p)^2 * n`` per patch of a grid, rounded
   and clamped; a view as close as any other to what it sees gets ``n`` points per patch, one twice as far ``4n``;
 * :func:`sample_prompt_points`: inside each patch, points drawn by the density of visible Gaussians (the paper's
@@ -20,10 +20,10 @@ from typing import Tuple
 import torch
 
 
-def minimum_visible_depth(
+def visible_depths(
     points_cam: torch.Tensor, pixels: torch.Tensor, rendered_depth: torch.Tensor, tolerance: float = 0.25
 ) -> torch.Tensor:
-    """Per Gaussian, the minimum over views of its depth where visible; +inf where never visible.
+    """Each Gaussian's depth in each view where it is visible, +inf elsewhere: [V, N].
 
     points_cam [V, N] depths of the Gaussians in each view's camera; pixels long [V, N, 2] (x, y) their projected
     pixels (outside the image: any value < 0); rendered_depth [V, H, W]. Visible: in the image, in front, and
@@ -35,8 +35,22 @@ def minimum_visible_depth(
     flat = (y.clamp(0, H - 1) * W + x.clamp(0, W - 1)).long()
     surface = rendered_depth.reshape(V, -1).gather(1, flat)
     visible = inside & ((points_cam - surface).abs() <= tolerance * surface)
-    depth = torch.where(visible, points_cam, torch.full_like(points_cam, float("inf")))
-    return depth.min(0).values
+    return torch.where(visible, points_cam, torch.full_like(points_cam, float("inf")))
+
+
+def minimum_visible_depth(
+    points_cam: torch.Tensor, pixels: torch.Tensor, rendered_depth: torch.Tensor, tolerance: float = 0.25
+) -> torch.Tensor:
+    """MD per Gaussian: the minimum over views of :func:`visible_depths`; +inf where never visible."""
+    return visible_depths(points_cam, pixels, rendered_depth, tolerance).min(0).values
+
+
+def visible_density(pixels: torch.Tensor, visible: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """How many visible Gaussians project to each pixel of one view: float [H, W] (pixels long [N, 2] (x, y),
+    visible bool [N])."""
+    x, y = pixels[visible, 0].long(), pixels[visible, 1].long()
+    counts = torch.zeros(height * width, dtype=torch.float32, device=pixels.device)
+    return counts.index_add_(0, y * width + x, torch.ones_like(x, dtype=torch.float32)).reshape(height, width)
 
 
 def patch_prompt_counts(
