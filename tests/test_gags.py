@@ -184,3 +184,27 @@ def test_depth_aware_prompts_prompt_sam_through_the_pipeline(gags_pipeline, monk
     first = str(datamanager.train_dataset.image_filenames[0])
     np.testing.assert_allclose(used.prompts[first], points[0])
     assert datamanager.masks_ready
+
+
+# ---- inference: bfloat16 relevancy with exact decisions ---------------------------------------------------------
+
+
+def test_bf16_text_relevancy_selects_exactly_as_fp32():
+    """Unit features built to sit at the cut (margins within +-0.01 of 0) and far from it: the selection equals the
+    float32 one, the near ones were recomputed, relevancy is within the bf16 error elsewhere."""
+    from segsplat_ns.methods.gags.scoring import BF16_DOT_ERROR, text_relevancy
+
+    g = torch.Generator().manual_seed(0)
+    D = 512
+    phrases = torch.nn.functional.normalize(torch.randn(5, D, generator=g), dim=-1)
+    features = torch.nn.functional.normalize(torch.randn(4000, D, generator=g) + 0.5 * phrases[0], dim=-1)
+    exact_dots = features @ phrases.T
+    margin = exact_dots[:, 0] - exact_dots[:, 1:].amax(-1)
+    assert ((margin.abs() < 0.01).sum() > 20) and (margin > 0.05).any() and (margin < -0.05).any()
+    relevancy, selection, refined = text_relevancy(features.bfloat16(), phrases, 0.5, lambda i: features[i])
+    assert torch.equal(selection, margin > 0)
+    assert refined >= int((margin.abs() <= BF16_DOT_ERROR).sum()) > 0
+    torch.testing.assert_close(relevancy, torch.sigmoid(10 * margin), atol=10 * 2 * BF16_DOT_ERROR / 4, rtol=0)
+    # another threshold: relevancy > 0.6 <=> margin > logit(0.6) / 10
+    _, selection6, _ = text_relevancy(features.bfloat16(), phrases, 0.6, lambda i: features[i])
+    assert torch.equal(selection6, margin > math.log(0.6 / 0.4) / 10)

@@ -16,6 +16,7 @@ points per training view once the RGB splat exists; the pipeline hands them to t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Type
 
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 from torch.nn import Parameter
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import LanguageViews, TextQuery, TextScores, Wording
+from segsplat_ns.contract import LanguageViews, LatencyProbe, TextQuery, TextScores, Wording
 from segsplat_ns.errors import PromptError
 from segsplat_ns.methods.gags import loss as gags_loss
+from segsplat_ns.methods.gags import scoring
 from segsplat_ns.methods.gags.decoder import FeatureDecoder, GranularityDecoder
 
 __all__ = ["GagsModel", "GagsModelConfig"]
@@ -170,12 +172,13 @@ class GagsModel(SegSplatModel):
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
     def decoded_gaussian_features(self) -> torch.Tensor:
-        """Every Gaussian's decoded, unit CLIP feature [N, D], half precision, cached until the features change."""
+        """Every Gaussian's decoded, unit CLIP feature [N, D] in bfloat16 (:mod:`.scoring`), cached until the
+        features change."""
         features = self.gauss_params[self.feature_key]
         key = (features.data_ptr(), features.shape[0], features._version, self.step)
         if self._decoded is None or self._decoded_key != key:
-            chunks = [self.feature_decoder(chunk.float()).half() for chunk in torch.split(features.detach(), 65536)]
-            self._decoded = torch.cat(chunks) if chunks else features.new_zeros(0, self.config.clip_dim).half()
+            chunks = [self.feature_decoder(chunk.float()).bfloat16() for chunk in torch.split(features.detach(), 65536)]
+            self._decoded = torch.cat(chunks) if chunks else features.new_zeros(0, self.config.clip_dim).bfloat16()
             self._decoded_key = key
         return self._decoded
 
@@ -195,16 +198,50 @@ class GagsModel(SegSplatModel):
         return self.decoded_gaussian_features().float()
 
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
-        """LERF relevancy of every Gaussian's decoded feature; selected: relevancy above ``text_threshold``."""
-        from segsplat_ns.language.relevancy import relevancy
-
+        """LERF relevancy of every Gaussian's decoded feature (:func:`.scoring.text_relevancy`, bfloat16 with exact
+        decisions near the cut); selected: relevancy above ``text_threshold``."""
         if not self.has_features:
             raise PromptError("this gags run has no trained language features yet: finish the feature stage first")
-        decoded = self.decoded_gaussian_features()
-        scores = torch.cat([relevancy(chunk.float(), query.embedding, query.canonical)
-                            for chunk in torch.split(decoded, 262144)]) if decoded.shape[0] else decoded.new_zeros(0)  # fmt: skip
-        selection = scores > self.config.text_threshold
-        return TextScores(relevancy=scores.float(), selection=selection, facts={"selected": int(selection.sum())})
+        features = self.gauss_params[self.feature_key].detach()
+
+        def exact(indices: torch.Tensor) -> torch.Tensor:
+            return self.feature_decoder(features[indices].float())
+
+        phrases = torch.cat([query.embedding[None].float(), query.canonical.float()])
+        with torch.no_grad():
+            relevancy, selection, refined = scoring.text_relevancy(
+                self.decoded_gaussian_features(), phrases, self.config.text_threshold, exact
+            )
+        return TextScores(relevancy=relevancy, selection=selection,
+                          facts={"selected": int(selection.sum()), "recomputed in fp32": refined})  # fmt: skip
+
+    @classmethod
+    def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> LatencyProbe:
+        """A text prompt on ``num`` clustered random decoded features (bfloat16, 512-d): the product with the
+        prompt and 4 canonical phrases, exact decisions near the cut (the decoder is stood in by a lookup of
+        the float32 features)."""
+        device = generator.device
+        centres = F.normalize(torch.randn(64, CLIP_DIM, generator=generator, device=device), dim=-1)
+        labels = torch.randint(64, (num,), generator=generator, device=device)
+        noise = torch.randn(num, CLIP_DIM, generator=generator, device=device) / math.sqrt(CLIP_DIM)
+        exact_features = F.normalize(centres[labels] + 0.5 * noise, dim=-1)
+        decoded = exact_features.bfloat16()
+        canonical = F.normalize(torch.randn(4, CLIP_DIM, generator=generator, device=device), dim=-1)
+        phrases = torch.cat([centres[:1], canonical])
+
+        def text_prompt():
+            return scoring.text_relevancy(decoded, phrases, 0.5, lambda i: exact_features[i])[1]
+
+        with torch.no_grad():
+            ours = text_prompt()
+            reference = torch.sigmoid(10.0 * ((exact_features @ phrases[0]) - (exact_features @ canonical.T).amax(-1))) > 0.5
+        return LatencyProbe(
+            name="GAGS: relevancy of decoded features (bfloat16, exact near the cut)",
+            cases={"text prompt": text_prompt},
+            selected=int(ours.sum()),
+            bytes_read={"stored": num * CLIP_DIM * 2},
+            facts={"stored dtype": "bfloat16", "differs from fp32": int((ours != reference).sum())},
+        )
 
     @classmethod
     def cpu_training_args(cls, tiny: bool = False) -> List[str]:
