@@ -35,6 +35,36 @@ def _sigma_cut(opacity):  # pragma: no cover - compiled
     return np.log(opacity * 255.0) + 1e-6
 
 
+@njit(cache=True, inline="always")
+def _gather_tile(ids, start, end, means2d, conics, opacities, colors, color_mod):  # pragma: no cover - compiled
+    """One tile's Gaussians gathered into contiguous arrays (the per-pixel loops read them sequentially):
+    means x, y, conic a, b, c, opacity, sigma cut, colours."""
+    n = end - start
+    dtype = means2d.dtype
+    D = colors.shape[1]
+    mx = np.empty(n, dtype)
+    my = np.empty(n, dtype)
+    ca = np.empty(n, dtype)
+    cb = np.empty(n, dtype)
+    cc = np.empty(n, dtype)
+    op = np.empty(n, dtype)
+    smax = np.empty(n, np.float64)
+    col = np.empty((n, D), dtype)
+    for i in range(n):
+        e = ids[start + i]
+        mx[i] = means2d[e, 0]
+        my[i] = means2d[e, 1]
+        ca[i] = conics[e, 0]
+        cb[i] = conics[e, 1]
+        cc[i] = conics[e, 2]
+        op[i] = opacities[e]
+        smax[i] = _sigma_cut(opacities[e])
+        ci = e % color_mod
+        for d in range(D):
+            col[i, d] = colors[ci, d]
+    return mx, my, ca, cb, cc, op, smax, col
+
+
 @njit(cache=True)
 def bin_tiles(tx0, ty0, tx1, ty1, order, C, N, n_tiles, tile_width):  # pragma: no cover - compiled
     """Per-tile lists of (camera*N + gaussian) ids in depth order.
@@ -89,28 +119,8 @@ def forward(offsets, ids, means2d, conics, opacities, colors, color_mod, n_tiles
         x0 = (t % tile_width) * tile_size
         y0 = (t // tile_width) * tile_size
         n = end - start
-        # the tile's Gaussians, gathered once (contiguous reads in the per-pixel loop)
-        mx = np.empty(n, dtype)
-        my = np.empty(n, dtype)
-        ca = np.empty(n, dtype)
-        cb = np.empty(n, dtype)
-        cc = np.empty(n, dtype)
-        op = np.empty(n, dtype)
-        smax = np.empty(n, np.float64)
-        col = np.empty((n, D), dtype)
+        mx, my, ca, cb, cc, op, smax, col = _gather_tile(ids, start, end, means2d, conics, opacities, colors, color_mod)
         acc = np.empty(D, np.float64)
-        for i in range(n):
-            e = ids[start + i]
-            mx[i] = means2d[e, 0]
-            my[i] = means2d[e, 1]
-            ca[i] = conics[e, 0]
-            cb[i] = conics[e, 1]
-            cc[i] = conics[e, 2]
-            op[i] = opacities[e]
-            smax[i] = _sigma_cut(opacities[e])
-            ci = e % color_mod
-            for d in range(D):
-                col[i, d] = colors[ci, d]
         count = 0
         for y in range(y0, min(y0 + tile_size, H)):
             py = y + 0.5
@@ -172,27 +182,7 @@ def backward(offsets, ids, means2d, conics, opacities, colors, color_mod, n_tile
         t = job % n_tiles
         x0 = (t % tile_width) * tile_size
         y0 = (t // tile_width) * tile_size
-        n = end - start
-        mx = np.empty(n, dtype)
-        my = np.empty(n, dtype)
-        ca = np.empty(n, dtype)
-        cb = np.empty(n, dtype)
-        cc = np.empty(n, dtype)
-        op = np.empty(n, dtype)
-        smax = np.empty(n, np.float64)
-        col = np.empty((n, D), dtype)
-        for i in range(n):
-            e = ids[start + i]
-            mx[i] = means2d[e, 0]
-            my[i] = means2d[e, 1]
-            ca[i] = conics[e, 0]
-            cb[i] = conics[e, 1]
-            cc[i] = conics[e, 2]
-            op[i] = opacities[e]
-            smax[i] = _sigma_cut(opacities[e])
-            ci = e % color_mod
-            for d in range(D):
-                col[i, d] = colors[ci, d]
+        mx, my, ca, cb, cc, op, smax, col = _gather_tile(ids, start, end, means2d, conics, opacities, colors, color_mod)
         behind = np.empty(D, np.float64)
         for y in range(y0, min(y0 + tile_size, H)):
             py = y + half
