@@ -579,6 +579,28 @@ def test_cpu_dispatch_follows_the_environment(cpu_impl, monkeypatch):
         rasterize(means, quats, scales, opac, colors, viewmats, Ks, W, H)
 
 
+def test_no_threading_layer_warning_in_a_fresh_process(cpu_impl):
+    """A fresh process that renders once on CPU prints no NumbaWarning (numba's TBB probe warns when the TBB it
+    finds is too old; the rasterizer asks for OpenMP first)."""
+    import os
+    import subprocess
+    import sys
+
+    if cpu_impl != "numba":
+        pytest.skip("the numba rasterizer only")
+    code = ("import torch; from segsplat_ns.rendering import rasterize; import numba; "
+            "m = torch.zeros(1, 3); m[0, 2] = 2.0; q = torch.tensor([[1.0, 0, 0, 0]]); s = torch.full((1, 3), 0.1); "
+            "K = torch.tensor([[[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]]]); "
+            "out, alpha, _ = rasterize(m, q, s, torch.ones(1), torch.ones(1, 3), torch.eye(4)[None], K, 8, 8); "
+            "print(float(alpha.max()) > 0.5, numba.threading_layer())")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING")}
+    env["SEGSPLAT_CPU_RASTERIZER"] = "numba"
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0] == "True"
+    assert "NumbaWarning" not in result.stderr and "TBB" not in result.stderr, result.stderr[-2000:]
+
+
 def _bench_scene(n, size, channels, seed, dtype):
     import sys
     from pathlib import Path
