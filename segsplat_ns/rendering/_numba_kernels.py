@@ -36,6 +36,13 @@ def _sigma_cut(opacity):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def _tile_origin(job, n_tiles, tile_width, tile_size):  # pragma: no cover - compiled
+    """(camera, first pixel x, first pixel y) of job = camera * n_tiles + tile."""
+    t = job % n_tiles
+    return job // n_tiles, (t % tile_width) * tile_size, (t // tile_width) * tile_size
+
+
+@njit(cache=True, inline="always")
 def _gather_tile(ids, start, end, means2d, conics, opacities, colors, color_mod):  # pragma: no cover - compiled
     """One tile's Gaussians gathered into contiguous arrays (the per-pixel loops read them sequentially):
     means x, y, conic a, b, c, opacity, sigma cut, colours."""
@@ -114,10 +121,7 @@ def forward(offsets, ids, means2d, conics, opacities, colors, color_mod, n_tiles
         start, end = offsets[job], offsets[job + 1]
         if start == end:
             continue
-        c = job // n_tiles
-        t = job % n_tiles
-        x0 = (t % tile_width) * tile_size
-        y0 = (t // tile_width) * tile_size
+        c, x0, y0 = _tile_origin(job, n_tiles, tile_width, tile_size)
         n = end - start
         mx, my, ca, cb, cc, op, smax, col = _gather_tile(ids, start, end, means2d, conics, opacities, colors, color_mod)
         acc = np.empty(D, np.float64)
@@ -178,10 +182,7 @@ def backward(offsets, ids, means2d, conics, opacities, colors, color_mod, n_tile
         start, end = offsets[job], offsets[job + 1]
         if start == end:
             continue
-        c = job // n_tiles
-        t = job % n_tiles
-        x0 = (t % tile_width) * tile_size
-        y0 = (t // tile_width) * tile_size
+        c, x0, y0 = _tile_origin(job, n_tiles, tile_width, tile_size)
         mx, my, ca, cb, cc, op, smax, col = _gather_tile(ids, start, end, means2d, conics, opacities, colors, color_mod)
         behind = np.empty(D, np.float64)
         for y in range(y0, min(y0 + tile_size, H)):

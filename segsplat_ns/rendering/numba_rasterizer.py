@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from segsplat_ns.rendering import _numba_kernels as kernels
-from segsplat_ns.rendering.projection import prepare, tile_boxes
+from segsplat_ns.rendering.projection import finish_render, gsplat_info, isect_keys, prepare, tile_boxes
 
 __all__ = ["rasterize_numba", "last_pair_count"]
 
@@ -55,21 +55,20 @@ class _Composite(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, colors, bins, geometry, absgrad):
         offsets, ids = bins
         color_mod, n_tiles, tile_width, tile_size, W, H = geometry
-        C = means2d.shape[0]
         m2, co, op, cols = _np(means2d).reshape(-1, 2), _np(conics).reshape(-1, 3), _np(opacities).reshape(-1), _np(colors)
         with _KERNEL_LOCK:
             render, t_final, last, pairs = kernels.forward(offsets, ids, m2, co, op, cols, color_mod, n_tiles, tile_width,
                                                            tile_size, W, H)  # fmt: skip
         _LAST_PAIRS[0] = int(pairs.sum())
         ctx.save_for_backward(means2d, conics, opacities, colors)
-        ctx.state = (bins, geometry, t_final, last, absgrad, C)
+        ctx.state = (bins, geometry, t_final, last, absgrad)
         dtype = means2d.dtype
         return torch.from_numpy(render).to(dtype), torch.from_numpy(1.0 - t_final).to(dtype)
 
     @staticmethod
     def backward(ctx, g_render, g_alpha):
         means2d, conics, opacities, colors = ctx.saved_tensors
-        (offsets, ids), geometry, t_final, last, absgrad, C = ctx.state
+        (offsets, ids), geometry, t_final, last, absgrad = ctx.state
         color_mod, n_tiles, tile_width, tile_size, W, H = geometry
         dtype = means2d.dtype
         m2, co, op, cols = _np(means2d).reshape(-1, 2), _np(conics).reshape(-1, 3), _np(opacities).reshape(-1), _np(colors)
@@ -134,7 +133,7 @@ def rasterize_numba(
         backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode, distributed=distributed,
         camera_model=camera_model, covars=covars,
     )  # fmt: skip
-    C, N, H, W, D = p.C, p.N, p.height, p.width, p.channels
+    C, N, H, W = p.C, p.N, p.height, p.width
     tile_width = math.ceil(W / float(tile_size))
     tile_height = math.ceil(H / float(tile_size))
     n_tiles = tile_width * tile_height
@@ -153,37 +152,12 @@ def rasterize_numba(
     render, alpha = _Composite.apply(p.means2d, p.conics, p.opacities, p.colors, (offsets, ids), geometry, absgrad)
     if absgrad:
         p.means2d.absgrad = torch.zeros_like(p.means2d.detach())  # replaced by the backward pass
-    if ids.shape[0] == 0:  # keep the outputs connected to the inputs (as gsplat's autograd function does)
-        render = render + 0.0 * p.means2d.sum() + 0.0 * p.colors.sum() + 0.0 * p.opacities.sum()
-    render = render.reshape(C, H, W, D)
-    render_alphas = alpha.reshape(C, H, W, 1)
-    if p.backgrounds is not None:
-        render = render + (1.0 - render_alphas) * p.backgrounds.to(render.dtype)[:, None, None, :]
-    if render_mode in ("ED", "RGB+ED"):
-        render = torch.cat([render[..., :-1], render[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1)
+    render, render_alphas = finish_render(p, render, alpha, 1.0 - alpha, render_mode, empty=ids.shape[0] == 0)
 
     tiles_per_gauss = ((tx1 - tx0).clamp_min(0) * (ty1 - ty0).clamp_min(0)).to(torch.int32)
     ids_t = torch.from_numpy(ids)
-    cam = ids_t // max(N, 1)
-    tile_n_bits = max(1, math.ceil(math.log2(max(n_tiles, 2))))
-    depth_bits = p.depths.detach().float().contiguous().view(torch.int32).reshape(-1)[ids_t].long() & 0xFFFFFFFF
-    info: Dict = {
-        "camera_ids": None,
-        "gaussian_ids": None,
-        "radii": p.radii,
-        "means2d": p.means2d,
-        "depths": p.depths,
-        "conics": p.conics,
-        "opacities": p.opacities,
-        "tile_width": tile_width,
-        "tile_height": tile_height,
-        "tiles_per_gauss": tiles_per_gauss,
-        "isect_ids": (cam << (32 + tile_n_bits)) | (torch.from_numpy(tiles) << 32) | depth_bits,
-        "flatten_ids": ids_t.to(torch.int32),
-        "isect_offsets": torch.from_numpy(offsets[:-1]).to(torch.int32).reshape(C, tile_height, tile_width),
-        "width": W,
-        "height": H,
-        "tile_size": tile_size,
-        "n_cameras": C,
-    }
+    isect_ids = isect_keys(p.depths, ids_t, torch.from_numpy(tiles), N, n_tiles)
+    isect_offsets = torch.from_numpy(offsets[:-1]).to(torch.int32).reshape(C, tile_height, tile_width)
+    info = gsplat_info(p, tile_size, tile_width, tile_height, tiles_per_gauss, isect_ids, ids_t.to(torch.int32),
+                       isect_offsets)  # fmt: skip
     return render, render_alphas, info

@@ -10,13 +10,15 @@ The semantics matched are listed in :mod:`~segsplat_ns.rendering.torch_rasterize
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["Projected", "prepare", "project", "spherical_harmonics", "tile_boxes"]
+__all__ = ["Projected", "finish_render", "gsplat_info", "isect_keys", "prepare", "project", "spherical_harmonics",
+           "tile_boxes"]
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
@@ -288,3 +290,59 @@ def prepare(means, quats, scales, opacities, colors, viewmats, Ks, width, height
     shared_cols = cols.dim() == 2  # [N, D]: index with gaussian id, else with camera*N + id
     cols_flat = cols if shared_cols else cols.reshape(C * N, Dout)
     return Projected(C, N, W, H, radii, means2d, depths, conics, covar2d, opac, cols_flat, shared_cols, backgrounds)
+
+
+# --------------------------------------------------------------------------------------------
+# what both rasterizers return
+# --------------------------------------------------------------------------------------------
+
+
+def isect_keys(depths: Tensor, flat_ids: Tensor, tile_ids: Tensor, N: int, n_tiles: int) -> Tensor:
+    """gsplat's ``isect_ids``: camera | tile | float32 depth bits, one int64 per (camera*N + Gaussian) entry."""
+    cam = flat_ids // max(N, 1)
+    tile_n_bits = max(1, math.ceil(math.log2(max(n_tiles, 2))))
+    depth_bits = depths.detach().float().contiguous().view(torch.int32).reshape(-1)[flat_ids].long() & 0xFFFFFFFF
+    return (cam << (32 + tile_n_bits)) | (tile_ids << 32) | depth_bits
+
+
+def gsplat_info(p: Projected, tile_size: int, tile_width: int, tile_height: int, tiles_per_gauss: Tensor,
+                isect_ids: Tensor, flatten_ids: Tensor, isect_offsets: Tensor) -> Dict:  # fmt: skip
+    """The ``info`` dict gsplat fills for ``packed=False`` (what ``DefaultStrategy`` and splatfacto read)."""
+    return {
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": p.radii,
+        "means2d": p.means2d,
+        "depths": p.depths,
+        "conics": p.conics,
+        "opacities": p.opacities,
+        "tile_width": tile_width,
+        "tile_height": tile_height,
+        "tiles_per_gauss": tiles_per_gauss,
+        "isect_ids": isect_ids,
+        "flatten_ids": flatten_ids,
+        "isect_offsets": isect_offsets,
+        "width": p.width,
+        "height": p.height,
+        "tile_size": tile_size,
+        "n_cameras": p.C,
+    }
+
+
+def finish_render(p: Projected, render: Tensor, render_alphas: Tensor, t_final: Tensor, render_mode: str,
+                  empty: bool) -> tuple:  # fmt: skip
+    """From composited ``render`` [C*H*W, D], ``render_alphas`` and ``t_final`` [C*H*W] (1 - alpha, each as its
+    rasterizer computes it) to gsplat's outputs: background under T_final, expected depth divided by alpha.
+    ``empty``: nothing was composited, so the outputs are tied to the inputs by zeros (as gsplat's autograd
+    function keeps them)."""
+    C, H, W = p.C, p.height, p.width
+    if empty:
+        render = render + 0.0 * p.means2d.sum() + 0.0 * p.colors.sum() + 0.0 * p.opacities.sum()
+    render = render.reshape(C, H, W, p.channels)
+    render_alphas = render_alphas.reshape(C, H, W, 1)
+    if p.backgrounds is not None:
+        render = render + t_final.reshape(C, H, W, 1) * p.backgrounds.to(render.dtype)[:, None, None, :]
+    if render_mode in ("ED", "RGB+ED"):
+        render = torch.cat([render[..., :-1], render[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1)
+    return render, render_alphas
+

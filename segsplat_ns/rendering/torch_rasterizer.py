@@ -50,7 +50,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from segsplat_ns.rendering.projection import prepare, tile_boxes
+from segsplat_ns.rendering.projection import finish_render, gsplat_info, isect_keys, prepare, tile_boxes
 
 __all__ = ["rasterize_torch_reference"]
 
@@ -121,10 +121,7 @@ def _isect_info(depths, tx0, ty0, tx1, ty1, C, N, tile_width, tile_height):
     tile_id = tile_y * tile_width + tile_x
     cam = ids // max(N, 1)
     n_tiles = tile_width * tile_height
-    tile_n_bits = max(1, math.ceil(math.log2(max(n_tiles, 2))))
-    depth_bits = depths.detach().float().contiguous().view(torch.int32).reshape(-1)[ids].long()
-    depth_bits = depth_bits & 0xFFFFFFFF
-    isect_ids = (cam << (32 + tile_n_bits)) | (tile_id << 32) | depth_bits
+    isect_ids = isect_keys(depths, ids, tile_id, N, n_tiles)
     isect_ids, order = torch.sort(isect_ids, stable=True)
     flatten_ids = ids[order].to(torch.int32)
     key = (cam[order] * n_tiles + tile_id[order]) if n_isects else tile_id
@@ -179,7 +176,7 @@ def rasterize_torch_reference(
     C, N, H, W = p.C, p.N, p.height, p.width
     device, dtype = means.device, means.dtype
     radii, means2d, depths, conics, covar2d, opac = p.radii, p.means2d, p.depths, p.conics, p.covar2d, p.opacities
-    cols_flat, shared_cols, backgrounds, Dout = p.colors, p.shared_colors, p.backgrounds, p.channels
+    cols_flat, shared_cols = p.colors, p.shared_colors
 
     # ---------------- info (what gsplat fills for packed=False) ----------------
     tile_width = math.ceil(W / float(tile_size))
@@ -188,25 +185,7 @@ def rasterize_torch_reference(
     tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = _isect_info(
         depths, tx0, ty0, tx1, ty1, C, N, tile_width, tile_height
     )
-    info: Dict = {
-        "camera_ids": None,
-        "gaussian_ids": None,
-        "radii": radii,
-        "means2d": means2d,
-        "depths": depths,
-        "conics": conics,
-        "opacities": opac,
-        "tile_width": tile_width,
-        "tile_height": tile_height,
-        "tiles_per_gauss": tiles_per_gauss,
-        "isect_ids": isect_ids,
-        "flatten_ids": flatten_ids,
-        "isect_offsets": isect_offsets,
-        "width": W,
-        "height": H,
-        "tile_size": tile_size,
-        "n_cameras": C,
-    }
+    info = gsplat_info(p, tile_size, tile_width, tile_height, tiles_per_gauss, isect_ids, flatten_ids, isect_offsets)
 
     # ---------------- pair enumeration (no grad) ----------------
     with torch.no_grad():
@@ -325,16 +304,5 @@ def rasterize_torch_reference(
     render = _Accumulate.apply(w, cols_flat, cidx, pix, n_img)  # [C*H*W, D]
     ones = torch.ones(n_img, dtype=dtype, device=device)
     T_final = ones.index_put((upix,), t_final_seg) if P > 0 else ones
-    if P == 0:
-        # keep the outputs connected to the inputs (as gsplat's autograd function does)
-        render = render + 0.0 * means2d.sum() + 0.0 * cols_flat.sum() + 0.0 * opac.sum()
-    render_alphas = (1.0 - T_final).reshape(C, H, W, 1)
-    render = render.reshape(C, H, W, Dout)
-    if backgrounds is not None:
-        render = render + T_final.reshape(C, H, W, 1) * backgrounds.to(dtype)[:, None, None, :]
-
-    if render_mode in ("ED", "RGB+ED"):
-        render = torch.cat(
-            [render[..., :-1], render[..., -1:] / render_alphas.clamp(min=1e-10)], dim=-1
-        )
+    render, render_alphas = finish_render(p, render, 1.0 - T_final, T_final, render_mode, empty=P == 0)
     return render, render_alphas, info
