@@ -99,23 +99,19 @@ class SegSplatPipeline(VanillaPipeline):
         """Extract (or load cached) 2D masks (and CLIP features, with a language source) and measure each mask's 3D
         scale with the RGB splat's depth."""
         cameras = self.datamanager.train_dataset.cameras
-        if self.model.prompts_sam:
-            source = self.datamanager.mask_source()
-            if source.accepts_prompts:
-                self.model.eval()
-                try:
-                    self.datamanager.use_mask_prompts(self.model.sam_prompt_points(cameras))
-                finally:
-                    self.model.train()
-            else:
-                CONSOLE.log(f"{type(self.model).__name__} places SAM's prompt points by depth; the {source.name} "
-                            "mask source takes no prompts, so its masks are used as they are")
-        masks = self.datamanager.load_train_masks()
-        self.datamanager.load_train_language()  # None unless a language source is configured
         was_training = self.model.training
         self.model.eval()
         raw_scales = []
         try:
+            if self.model.prompts_sam:
+                source = self.datamanager.mask_source()
+                if source.accepts_prompts:
+                    self.datamanager.use_mask_prompts(self.model.sam_prompt_points(cameras))
+                else:
+                    CONSOLE.log(f"{type(self.model).__name__} places SAM's prompt points by depth; the {source.name} "
+                                "mask source takes no prompts, so its masks are used as they are")
+            masks = self.datamanager.load_train_masks()
+            self.datamanager.load_train_language()  # None unless a language source is configured
             for index in tqdm(range(len(masks)), desc="3D mask scales", unit="image"):
                 camera = cameras[index : index + 1].to(self.device)
                 outputs = self.model.get_outputs_for_camera(camera)

@@ -82,9 +82,6 @@ class GagsModel(SegSplatModel):
         self._decoded: Optional[torch.Tensor] = None
         self._decoded_key: Optional[tuple] = None
 
-    def initial_features(self, num_points: int) -> torch.Tensor:
-        return torch.randn(num_points, self.config.feature_dim) * 0.1
-
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
             "feature_decoder": list(self.feature_decoder.parameters()),
@@ -119,9 +116,8 @@ class GagsModel(SegSplatModel):
         distill = (gags_loss.distill_map if self.config.distill_form == "paper" else gags_loss.distill_map_code)(
             f_clip, targets, present
         )
-        supervised = valid.any(0)
-        regions_supervised = torch.where(supervised, regions, torch.full_like(regions, -1))
-        losses = {"gags_distill": gags_loss.region_average(distill, regions_supervised)}
+        # a pixel without a mask at any level has region -1 (every index map is -1 there): not supervised
+        losses = {"gags_distill": gags_loss.region_average(distill, regions)}
         late = self.step - self.feature_start_step >= self.config.consistency_start
         entropy_weight = self.config.late_entropy_weight if late else self.config.entropy_weight
         losses["gags_entropy"] = entropy_weight * gags_loss.entropy(alpha)
