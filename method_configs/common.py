@@ -53,7 +53,10 @@ def segsplat_trainer_config(
     feature_steps: int,
 ) -> TrainerConfig:
     """The TrainerConfig every method shares: splatfacto's settings for ``model.rgb_steps`` RGB steps, then
-    ``feature_steps`` of the method's own training; CPU chosen automatically when CUDA is absent."""
+    ``feature_steps`` of the method's own training (joint with the geometry for a method that does not freeze
+    it, whose geometry schedules then span the whole run); CPU chosen automatically when CUDA is absent."""
+    joint = not model._target.freezes_geometry
+    geometry_steps = model.rgb_steps + feature_steps if joint else model.rgb_steps
     return TrainerConfig(
         method_name=method_name,
         steps_per_eval_image=100,
@@ -64,7 +67,7 @@ def segsplat_trainer_config(
         mixed_precision=False,
         machine=MachineConfig(device_type=default_device_type()),
         pipeline=SegSplatPipelineConfig(datamanager=SegSplatDataManagerConfig(), model=model),
-        optimizers={**splatfacto_optimizers(model.rgb_steps), **method_optimizers},
+        optimizers={**splatfacto_optimizers(geometry_steps), **method_optimizers},
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     )

@@ -3,7 +3,11 @@
 - a per-Gaussian feature in ``gauss_params`` (so densification, pruning and checkpoint loading carry it) with
   an optimizer group of the same name;
 - a two-stage schedule inside one ``ns-train`` run: RGB reconstruction for ``rgb_steps`` steps, then the
-  method's features with the geometry frozen (no densification, no gradient reaches geometry or colour);
+  method's features with the geometry frozen (no densification, no gradient reaches geometry or colour); a
+  method with ``freezes_geometry = False`` instead trains its features jointly with the RGB splat from
+  ``rgb_steps`` on (reconstruction loss, densification and geometry gradients continue);
+- ``finish_training``: what a method computes from the trained model and the training views after the last
+  step, before the final checkpoint;
 - ``init_from``: start from an existing splatfacto run and skip stage one;
 - ``render_features``: any per-Gaussian vectors alpha-composited through the frozen geometry.
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -54,6 +58,8 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
 
     config: SegSplatModelConfig
     feature_key = "seg_features"
+    freezes_geometry: ClassVar[bool] = True
+    """Two stages (features trained on the frozen RGB splat) or, False, features trained jointly with it."""
     viewer_hook: Optional[Callable[[Cameras, Optional[torch.Tensor], Dict[str, Any]], Dict[str, Any]]] = None
     """Set by the pipeline's viewer controls (:mod:`segsplat_ns.viewer`): adds the selection outputs to eval renders."""
 
@@ -67,7 +73,7 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
             self.config.stop_split_at = 0
             count = self._loaded_gaussians["means"].shape[0]
             CONSOLE.log(f"Loaded {count} Gaussians from {self.config.init_from}; skipping stage one")
-        else:
+        elif self.freezes_geometry:
             # densification must end before the geometry freezes: it needs the RGB gradients
             self.config.stop_split_at = min(self.config.stop_split_at, self.config.rgb_steps)
         super().populate_modules()
@@ -102,6 +108,10 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         """Optimizer groups of the method's non-per-Gaussian modules."""
         return {}
+
+    def finish_training(self, cameras: Cameras, masks: Sequence[torch.Tensor]) -> None:
+        """After the last training step, before the final checkpoint: derive what inference needs from the trained
+        model, the training cameras and their masks (e.g. an association of the views' masks). Default: nothing."""
 
     # ---- stages ------------------------------------------------------------------------------------
     @property
@@ -144,7 +154,8 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Alpha-composite any per-Gaussian vectors [N, C] through the frozen geometry: ([H, W, C], [H, W, 1])."""
         viewmat, K, width, height = self.camera_setup(camera, 1)
-        geometry = self.geometry(crop_ids, detach=True)
+        # joint training lets the feature loss reach the geometry; otherwise it is frozen here
+        geometry = self.geometry(crop_ids, detach=self.freezes_geometry or not self.training)
         if crop_ids is not None:
             colors = colors[crop_ids]
         backgrounds = None if background is None else background[None]
@@ -152,6 +163,17 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
             colors, viewmat, K, width, height, geometry, render_mode="RGB", sh_degree=None, backgrounds=backgrounds
         )
         return render[0], alpha[0]
+
+    @torch.no_grad()
+    def project_centres(self, camera: Cameras) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Every Gaussian centre seen from a camera: its pixel (x, y) long [N, 2] (-1 behind the camera; may lie
+        outside the image) and its depth z [N]."""
+        viewmat, K, _, _ = self.camera_setup(camera, 1)
+        cam = self.means.detach() @ viewmat[0, :3, :3].T + viewmat[0, :3, 3]
+        z = cam[:, 2]
+        uv = (cam @ K[0].T)[:, :2] / z.clamp_min(1e-8)[:, None]
+        pixels = torch.where(z[:, None] > 0, torch.floor(uv), torch.full_like(uv, -1)).long()
+        return pixels, z
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         if not isinstance(camera, Cameras):
@@ -165,8 +187,8 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
 
         outputs: Dict[str, Any] = {}
         feature_stage = self.in_feature_stage
-        if not (self.training and feature_stage):
-            outputs.update(self.render_rgb(camera, crop_ids, final=feature_stage))
+        if not (self.training and feature_stage and self.freezes_geometry):
+            outputs.update(self.render_rgb(camera, crop_ids, final=feature_stage and self.freezes_geometry))
         if (self.training and feature_stage) or (not self.training and self.has_features):
             outputs.update(self.segmentation_outputs(camera, crop_ids))
         if not self.training and self.viewer_hook is not None:
@@ -190,13 +212,15 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
 
     # ---- losses and metrics ----------------------------------------------------------------------------
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
-        if self.training and self.in_feature_stage:
+        if self.training and self.in_feature_stage and self.freezes_geometry:
             return {"gaussian_count": self.num_points}
         return super().get_metrics_dict(outputs, batch)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         if self.training and self.in_feature_stage:
-            if not self.has_features:
+            if not bool(self.features_trained):
                 self.features_trained.fill_(True)
-            return self.feature_loss_dict(outputs, batch)
+            if self.freezes_geometry:
+                return self.feature_loss_dict(outputs, batch)
+            return {**super().get_loss_dict(outputs, batch, metrics_dict), **self.feature_loss_dict(outputs, batch)}
         return super().get_loss_dict(outputs, batch, metrics_dict)

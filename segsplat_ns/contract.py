@@ -41,15 +41,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Granularity:
-    """How a method's prompts are sized: a continuous scale in [0, 1], or ``num_levels`` discrete levels
-    (level 1 coarsest); levels are still passed to the segmenter as a scale inside the level's range."""
+    """How a method's prompts are sized: a continuous scale in [0, 1], ``num_levels`` discrete levels (level 1
+    coarsest; passed to the segmenter as a scale inside the level's range), or not at all ("instances": a click
+    selects the clicked instance whatever the scale)."""
 
-    kind: Literal["scale", "levels"] = "scale"
+    kind: Literal["scale", "levels", "instances"] = "scale"
     num_levels: int = 0
 
     @property
     def discrete(self) -> bool:
         return self.kind == "levels"
+
+    @property
+    def sized(self) -> bool:
+        """Whether the scale (or level) changes what a prompt selects."""
+        return self.kind != "instances"
 
     def level_label(self, level: int) -> str:
         """The user-facing name of a 0-based level: 'level 1 (coarsest)' ... 'level L (finest)'."""
@@ -58,6 +64,7 @@ class Granularity:
 
 
 CONTINUOUS_SCALE = Granularity("scale")
+INSTANCES = Granularity("instances")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,9 @@ class Wording:
     """The viewer's hint for the Level selector (methods with levels)."""
     uses_threshold: bool = True
     """Whether the threshold slider changes the selection."""
+    not_trained: str = ("this model has no trained segmentation features yet: train past --pipeline.model.rgb-steps "
+                        "(or load a finished run)")
+    """Why a model cannot answer prompts yet (``has_features`` is False)."""
 
 
 @dataclass
@@ -192,11 +202,13 @@ class MethodContract:
 
 
 def describe_scale(granularity: Granularity, scale: float, level: Optional[int]) -> str:
-    """How a prompt's size is shown: 'scale 0.62' or 'level 2 of 3'."""
+    """How a prompt's size is shown: 'scale 0.62', 'level 2 of 3', or 'instances' (prompts without a size)."""
+    if not granularity.sized:
+        return "instances"
     if level is None:
         return f"scale {scale:.2f}"
     return f"level {level + 1} of {granularity.num_levels}"
 
 
-__all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "Wording", "LatencyProbe", "MethodContract",
+__all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "INSTANCES", "Wording", "LatencyProbe", "MethodContract",
                             "TextQuery", "LanguageViews", "TextScores", "describe_scale", "NotSupported")

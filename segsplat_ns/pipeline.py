@@ -59,9 +59,29 @@ class SegSplatPipeline(VanillaPipeline):
         self.segmentation = SegmentationControls(self)
 
     def get_training_callbacks(self, training_callback_attributes):
+        from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
         # the trainer, to save the RGB stage before the feature stage is prepared (see checkpoint_rgb_stage)
         self._trainer = getattr(training_callback_attributes, "trainer", None)
-        return super().get_training_callbacks(training_callback_attributes)
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        finish = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.finish_if_last_step,
+                                  update_every_num_iters=1)  # fmt: skip
+        return callbacks + [finish]
+
+    def finish_if_last_step(self, step: int) -> None:
+        """After the run's last step (before the trainer's final checkpoint): the model's ``finish_training``."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or step != trainer._start_step + trainer.config.max_num_iterations - 1:
+            return
+        if not (self.model.in_feature_stage and self.datamanager.masks_ready):
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.model.finish_training(self.datamanager.train_dataset.cameras, self.datamanager.load_train_masks())
+        finally:
+            self.model.train(was_training)
 
     def load_pipeline(self, loaded_state, step: int) -> None:
         super().load_pipeline(loaded_state, step)

@@ -89,10 +89,7 @@ class Segmenter:
     def __init__(self, model: "SegSplatModel", threshold: float = 0.75, background_alpha: float = 0.5,
                  language: Optional["LanguageContext"] = None):
         if not model.has_features:
-            raise PromptError(
-                "this model has no trained segmentation features yet: train past --pipeline.model.rgb-steps "
-                "(or load a finished run)"
-            )
+            raise PromptError(model.wording.not_trained)
         self.model = model
         self.threshold = threshold
         self.background_alpha = background_alpha
@@ -119,6 +116,11 @@ class Segmenter:
         """The scale a 0-based level is answered at; clear errors for a continuous-scale model, a level that does
         not exist, or one that received too few training masks to have a range."""
         granularity = self.granularity
+        if not granularity.sized:
+            raise PromptError(
+                f"this run's model ({type(self.model).__name__}) has no levels or scale: a click selects the clicked "
+                "instance, whatever the scale; leave out the level"
+            )
         if not granularity.discrete:
             raise PromptError(
                 f"levels are for methods with discrete levels; this run's model ({type(self.model).__name__}) "

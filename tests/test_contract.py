@@ -88,9 +88,16 @@ def test_granularity_is_answered_or_refused_clearly(loaded):
         assert 0.0 <= scale <= 1.0
         with pytest.raises(PromptError, match="does not exist"):
             segmenter.scale_for_level(granularity.num_levels)
-    else:
+    elif granularity.sized:
         with pytest.raises(PromptError, match="continuous scale"):
             segmenter.scale_for_level(0)
+    else:  # instances: every scale selects the same thing
+        with pytest.raises(PromptError, match="no levels or scale"):
+            segmenter.scale_for_level(0)
+        camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+        _, pixel = largest_object_click(pipeline)
+        masks = [segmenter.click(camera, [pixel], scale).gaussian_mask for scale in (0.0, 0.5, 1.0)]
+        assert all(torch.equal(masks[0], mask) for mask in masks[1:])
 
 
 def test_decompose_labels_every_gaussian(loaded):

@@ -1,7 +1,8 @@
-"""Proto-SaGa's association maths (Eq. 9-16) on hand-made examples."""
+"""Proto-SaGa: its maths (Eq. 6-7, 9-19) on hand-made examples, and the tiny `ns-train proto-saga` run."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from segsplat_ns.methods.proto_saga.association import (
@@ -47,3 +48,158 @@ def test_memory_bank_eq11_13_two_boxes():
     assert bank.entries[1].tolist() == list(range(10, 17)) and bank.entries[2].tolist() == list(range(20, 25))
     labels = bank.labels(40)
     assert labels[:10].tolist() == [0] * 10 and labels[20:25].tolist() == [2] * 5 and int(labels[17]) == -1
+
+
+# ---- Eq. 6-7, 14: labels and the per-view classifiers ------------------------------------------------------------
+
+
+def test_label_maps_paint_whole_or_finest_masks_with_gagas_visibility_rule():
+    """A 4x6 view: object A (columns 0-1, 8 px) with its part a (2 px), background in column 2, object B (columns
+    3-5, 12 px) and a jittered part b of B (4 px inside B and 1 px sticking out into the background column).
+    "whole" paints the larger masks last: a vanishes, b keeps its 1 px of 5 (20 % > 10 %, a label of its own).
+    "finest" paints the smaller masks last. Labels are numbered by decreasing visible area."""
+    from segsplat_ns.methods.proto_saga.labels import instance_label_map
+
+    masks = torch.zeros(4, 4, 6, dtype=torch.bool)
+    masks[0, :, :2] = True  # A
+    masks[1, 0, 0:2] = True  # a
+    masks[2, :, 3:] = True  # B
+    masks[3, 1:3, 3:5] = True  # b inside B ...
+    masks[3, 1, 2] = True  # ... and outside it
+    whole = instance_label_map(masks, "whole")
+    assert (whole[:, 3:] == 0).all() and (whole[:, :2] == 1).all()  # B (12 px), then A (8 px)
+    assert int(whole[1, 2]) == 2 and int((whole == -1).sum()) == 3  # b's pixel; the rest of column 2 is -1
+    finest = instance_label_map(masks, "finest")  # visible: B 8, A 6, b 5, a 2
+    assert torch.bincount(finest[finest >= 0]).tolist() == [8, 6, 5, 2]
+    assert int(finest[0, 0]) == 3 and int(finest[1, 2]) == 2 and int(finest[0, 3]) == 0
+    # Gaga's rule: a mask with at most 10 % of it visible loses its label (the image-wide X keeps 2 of 24 px)
+    frame = torch.zeros(3, 4, 6, dtype=torch.bool)
+    frame[0] = True  # X: 24 px
+    frame[1, :, :3] = True  # 12 px
+    frame[2, :, 3:] = True
+    frame[2, 0:2, 5] = False  # 10 px
+    labels = instance_label_map(frame, "finest")
+    assert int(labels.max()) == 1 and int(labels[0, 5]) == -1 and int(labels[0, 0]) == 0
+    assert (instance_label_map(frame, "finest", max_labels=1) <= 0).all()  # only the largest label is kept
+    assert (instance_label_map(torch.zeros(0, 4, 6, dtype=torch.bool)) == -1).all()
+
+
+def test_view_classifier_eq6_eq7_eq14_by_hand():
+    """Two pixels, D = 2, a view with L_k = 2 classes w = [1, 0], [0, 1] (a third row is another view's width, not
+    a class). F1 = [2, 0] labelled 0: logits tau * (1, 0); F2 = [1, 1] labelled 1: tau * (0.7071, 0.7071); an
+    unlabelled pixel (-1) is not supervised. CE = mean(log(1 + e^-10), log 2)."""
+    import math
+
+    from segsplat_ns.methods.proto_saga.labels import gaussian_probabilities, view_cross_entropy, view_logits
+
+    features = torch.tensor([[2.0, 0.0], [1.0, 1.0], [5.0, -3.0]])
+    weights = torch.tensor([[3.0, 0.0], [0.0, 0.5], [1.0, 1.0]])
+    logits = view_logits(features[:2], weights, 2, 10.0)
+    assert torch.allclose(logits, torch.tensor([[10.0, 0.0], [7.0710678, 7.0710678]]))
+    ce = view_cross_entropy(features, torch.tensor([0, 1, -1]), weights, 2, 10.0)
+    assert math.isclose(float(ce), (math.log1p(math.exp(-10)) + math.log(2)) / 2, rel_tol=1e-5)
+    probs = gaussian_probabilities(features[:1], weights, 2, 10.0)
+    assert torch.allclose(probs, torch.tensor([[1 / (1 + math.exp(-10)), 1 - 1 / (1 + math.exp(-10))]]))
+    # a view without labels: zero loss that still keeps the graph
+    zero = view_cross_entropy(features.requires_grad_(), torch.full((3,), -1), weights, 2, 10.0)
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+
+
+# ---- Eq. 17-19: prototypes ----------------------------------------------------------------------------------------
+
+
+def test_prototypes_eq17_18_19_by_hand():
+    """Two views of a 2x2 image. View 1 labels instances 0 and 1 (its view ids [1, 0] in the bank), view 2 only
+    instance 1 of the bank. Eq. 17: per-view means; Eq. 18: the mean over the views that see the instance;
+    Eq. 19: the argmax cosine."""
+    from segsplat_ns.methods.proto_saga.prototypes import (
+        classify,
+        ensemble_prototypes,
+        relabel_consistent,
+        view_prototype_sums,
+    )
+
+    view1 = relabel_consistent(torch.tensor([[0, 0], [1, -1]]), [1, 0])
+    assert view1.tolist() == [[1, 1], [0, -1]]
+    f1 = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [9.0, 9.0]])
+    sums1, counts1 = view_prototype_sums(f1, view1.reshape(-1), 2)
+    assert counts1.tolist() == [1, 2] and sums1.tolist() == [[0.0, 2.0], [4.0, 0.0]]
+    view2 = relabel_consistent(torch.tensor([[0, 0], [-1, -1]]), [1])
+    f2 = torch.tensor([[0.0, 4.0], [0.0, 0.0], [5.0, 5.0], [5.0, 5.0]])
+    v = ensemble_prototypes([(sums1, counts1), view_prototype_sums(f2, view2.reshape(-1), 2)])
+    # instance 0: seen by view 1 only -> (0, 2); instance 1: mean of (2, 0) and (0, 2) -> (1, 1)
+    assert torch.allclose(v, torch.tensor([[0.0, 2.0], [1.0, 1.0]]))
+    assert classify(torch.tensor([[0.1, 1.0], [1.0, 0.9], [1.0, -1.0]]), v).tolist() == [0, 1, 1]
+
+
+# ---- the tiny ns-train proto-saga run ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def proto_run(train_run):
+    from segsplat_ns.runs import load_run
+
+    config = train_run("proto-saga")
+    _, pipeline, checkpoint, _ = load_run(config, test_mode="val")
+    return config, pipeline, checkpoint
+
+
+@pytest.mark.slow
+def test_run_stores_one_int16_instance_per_gaussian(proto_run):
+    """After the last step the run holds prototypes and each Gaussian's instance (2 bytes each) for every one
+    of its (densified and pruned) Gaussians; every training view got a classifier with its own L_k."""
+    _, pipeline, checkpoint = proto_run
+    model = pipeline.model
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["pipeline"]
+    ids = state["_model.instance_ids"]
+    assert ids.dtype == torch.int16 and ids.shape[0] == state["_model.gauss_params.means"].shape[0]
+    assert state["_model.gauss_params.instance_embeddings"].shape == (ids.shape[0], 16)
+    assert 2 <= model.prototypes.shape[0] <= 12 and int(ids.min()) >= 0
+    assert int(ids.max()) < model.prototypes.shape[0]
+    assert (model.view_classes > 0).all() and model.has_features
+    assert model.granularity.kind == "instances" and not model.granularity.sized
+
+
+@pytest.mark.slow
+def test_cross_entropy_reaches_the_geometry_in_joint_training(proto_run):
+    """Eq. 8 trains everything jointly: the CE of a training view's rendered embeddings has gradients on the means,
+    opacities and scales (a two-stage method's feature loss has none)."""
+    _, pipeline, _ = proto_run
+    model = pipeline.model
+    pipeline.prepare_feature_stage()
+    camera, batch = pipeline.datamanager.next_train(0)
+    model.train()
+    try:
+        features, _ = model.render_features(model.feature_colors(), camera)
+        loss = model.feature_loss_dict({"features": features}, batch)["proto_saga_ce"]
+        assert float(loss) > 0
+        loss.backward()
+        for key in ("means", "opacities", "scales", "instance_embeddings"):
+            assert float(model.gauss_params[key].grad.abs().sum()) > 0, key
+        view = int(batch["image_idx"])
+        assert model.view_classifiers[view].grad is not None
+        assert all(p.grad is None for i, p in enumerate(model.view_classifiers) if i != view)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+@pytest.mark.slow
+def test_instances_output_and_clicks_follow_eq19(proto_run):
+    """The viewer's ``instances`` output colours each pixel by its Eq. 19 instance; a click selects the Gaussians of
+    the clicked pixel's instance."""
+    from segsplat_ns.methods.proto_saga.prototypes import classify
+    from segsplat_ns.segmenter import Segmenter
+
+    _, pipeline, _ = proto_run
+    model = pipeline.model
+    model.eval()
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    outputs = model.get_outputs_for_camera(camera)
+    assert outputs["instances"].shape == (48, 48, 3)
+    features = outputs["features"]
+    objects = pipeline.datamanager.eval_ground_truth().id_maps["object"][0]
+    y, x = [int(v[len(v) // 2]) for v in (objects > 0).nonzero()]
+    instance = int(classify(features[y, x][None], model.prototypes)[0])
+    selection = Segmenter(model).click(camera, [(x, y)], 0.5)
+    assert torch.equal(selection.gaussian_mask, model.instance_ids.long() == instance)

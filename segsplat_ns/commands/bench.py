@@ -2,7 +2,9 @@
 
 Per seed: ``segsplat make-scene --seed s``; stage one (the RGB splat) once, with the first method's ``ns-train``
 stopped at ``rgb-steps`` (every method's RGB stage is the shared base's); then each method's feature stage with ``--pipeline.model.init-from`` that run, so every method
-segments the same Gaussians with the same masks. Each run is evaluated as ``ns-eval`` does (PSNR, the click
+segments the same Gaussians with the same masks. A method that trains its features jointly with the geometry
+(``freezes_geometry`` False) is trained from scratch for ``rgb-steps + feature-steps`` instead, so its PSNR shows
+what the joint loss costs the reconstruction. Each run is evaluated as ``ns-eval`` does (PSNR, the click
 protocol, the decomposition) plus the click latency and the bytes of segmentation data per Gaussian in the
 checkpoint. Methods with a text mode are also scored on text prompts (the scene's LERF-OVS-style ground truth),
 with the scene's language features — on the synthetic scene a stand-in for CLIP (``segsplat make-scene``), never
@@ -110,15 +112,22 @@ class Bench:
         started = time.time()
         for seed in self.seeds:
             scene = self.scene(seed)
-            rgb_config, rgb_seconds = self.train(scene, seed, "rgb", [self.methods[0], *self.rgb_args()])
+            rgb_config, rgb_seconds = None, 0.0
             for method in self.methods:
-                args = [method, "--pipeline.model.init-from", str(rgb_config), *self.language_args(scene),
-                        *self.feature_args(method)]
+                if get_method(method).model_class.freezes_geometry:
+                    if rgb_config is None:  # the shared RGB splat, trained once per seed
+                        rgb_config, rgb_seconds = self.train(scene, seed, "rgb", [method, *self.rgb_args()])
+                    args = [method, "--pipeline.model.init-from", str(rgb_config), *self.language_args(scene),
+                            *self.feature_args(method)]
+                else:  # trained jointly with its own RGB splat from scratch, for as many steps as both stages
+                    args = [method, *self.language_args(scene), *self.joint_args(method)]
                 config, seconds = self.train(scene, seed, method, args)
                 variants = {"": {}, **get_method(method).model_class.inference_variants}
                 for variant, overrides in variants.items():  # the paper's defaults, then each named improvement
                     name = f"{method} ({variant})" if variant else method
-                    row = {"seed": seed, "method": name, "rgb_stage_s": rgb_seconds, "feature_stage_s": seconds}
+                    joint = not get_method(method).model_class.freezes_geometry
+                    row = {"seed": seed, "method": name, "rgb_stage_s": 0.0 if joint else rgb_seconds,
+                           "feature_stage_s": seconds}
                     row.update(self.evaluate(config, overrides))
                     rows.append(row)
                     print(f"[bench] seed {seed} {name}: " + ", ".join(
@@ -154,6 +163,12 @@ class Bench:
         # RGB-stage flags are inert with init-from, which starts the features at step 0
         flags = get_method(method).cpu_training_args()
         return [*small_scene_training_args(0, self.feature_steps), *flags, *self.extra_args]
+
+    def joint_args(self, method: str) -> List[str]:
+        """A method that trains its features with the geometry: the whole schedule (RGB + feature steps) in one
+        run, the method's own flags deciding when its features start (the RGB stage's time is in its row)."""
+        flags = get_method(method).cpu_training_args()
+        return [*small_scene_training_args(self.rgb_steps, self.feature_steps), *flags, *self.extra_args]
 
     @staticmethod
     def language_args(scene: Path) -> List[str]:

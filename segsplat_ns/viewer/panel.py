@@ -174,8 +174,10 @@ class SegmentationControls(nn.Module):
                 hint=model.wording.level_hint or LEVEL_HINT,
             )
         else:
+            # a method whose clicks select whole instances has no scale to choose: the slider is hidden
             self.c_scale = ViewerSlider(
-                "Scale", DEFAULT_SCALE, 0.0, 1.0, 0.01, cb_hook=self._guarded(self._on_slider), hint=SCALE_HINT
+                "Scale", DEFAULT_SCALE, 0.0, 1.0, 0.01, cb_hook=self._guarded(self._on_slider), hint=SCALE_HINT,
+                visible=self._granularity.sized,
             )
         self.d_threshold = ViewerSlider(
             "Threshold",

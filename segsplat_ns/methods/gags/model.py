@@ -137,16 +137,11 @@ class GagsModel(SegSplatModel):
         ``mean(D^2 / MD^2) * n``, and points drawn by the density of visible Gaussians."""
         from segsplat_ns.methods.gags import prompts
 
-        means = self.means.detach()
         views = []
         for index in range(len(cameras)):
             camera = cameras[index : index + 1].to(self.device)
             depth = self.get_outputs(camera)["depth"][..., 0]
-            viewmat, K, width, height = self.camera_setup(camera, 1)
-            cam = means @ viewmat[0, :3, :3].T + viewmat[0, :3, 3]
-            z = cam[:, 2]
-            uv = (cam @ K[0].T)[:, :2] / z.clamp_min(1e-8)[:, None]
-            pixels = torch.where(z[:, None] > 0, torch.floor(uv), torch.full_like(uv, -1)).long()
+            pixels, z = self.project_centres(camera)
             views.append((camera, depth, pixels, z))
         # each view's visible depths (views may differ in size), then MD: the minimum over views
         seen = torch.stack([prompts.visible_depths(z[None], px[None], d[None])[0] for _, d, px, z in views])

@@ -25,15 +25,21 @@ from typing import List, Optional, Sequence
 import torch
 
 
-def instance_gaussians(pixels: torch.Tensor, labels: torch.Tensor, instance: int) -> torch.Tensor:
-    """Eq. 9: indices of the Gaussians whose projected centre ``pixels`` [N, 2] (x, y; outside: any value < 0)
-    falls on a pixel of ``labels`` [H, W] equal to ``instance``."""
+def gaussian_labels(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The label under each Gaussian's projected centre ``pixels`` [N, 2] (x, y) in ``labels`` [H, W]; -1 for a
+    centre outside the image (or behind the camera, given as any negative pixel)."""
     H, W = labels.shape
     x, y = pixels[:, 0].long(), pixels[:, 1].long()
     inside = (x >= 0) & (x < W) & (y >= 0) & (y < H)
     label = torch.full((pixels.shape[0],), -1, dtype=labels.dtype, device=labels.device)
     label[inside] = labels[y[inside], x[inside]]
-    return (label == instance).nonzero().squeeze(1)
+    return label
+
+
+def instance_gaussians(pixels: torch.Tensor, labels: torch.Tensor, instance: int) -> torch.Tensor:
+    """Eq. 9: indices of the Gaussians whose projected centre ``pixels`` [N, 2] (x, y; outside: any value < 0)
+    falls on a pixel of ``labels`` [H, W] equal to ``instance``."""
+    return (gaussian_labels(pixels, labels) == instance).nonzero().squeeze(1)
 
 
 def _keep(count: int, fraction: float) -> int:
