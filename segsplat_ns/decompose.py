@@ -33,7 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["decompose", "assign_to_centers", "cluster_centers"]
+__all__ = ["decompose", "assign_to_centers", "cluster_centers", "rank_by_size"]
+
+
+def rank_by_size(labels: Tensor) -> Tensor:
+    """Any labelling [N] renumbered 0..K-1 by decreasing segment size (ties: the smaller original label first)."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    order = torch.argsort(counts, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank[inverse]
 
 
 def assign_to_centers(features: Tensor, centers: Tensor, chunk_size: Optional[int] = None) -> Tensor:

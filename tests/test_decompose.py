@@ -103,3 +103,10 @@ def test_million_gaussians_time(capsys):
     assert labels.shape == (n,)
     purity, _ = purity_and_ari(labels, truth)
     assert purity > 0.95
+
+
+def test_rank_by_size_renumbers_by_decreasing_size():
+    from segsplat_ns.decompose import rank_by_size
+
+    labels = torch.tensor([7, 3, 7, 9, 3, 7, 9, 2])  # sizes: 7 -> 3, 3 -> 2, 9 -> 2, 2 -> 1
+    assert rank_by_size(labels).tolist() == [0, 1, 0, 2, 1, 0, 2, 3]  # ties: the smaller label first

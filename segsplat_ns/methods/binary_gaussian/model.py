@@ -413,12 +413,9 @@ class BinaryGaussianModel(SegSplatModel):
     @torch.no_grad()
     def labels_at_scale(self, scale: float) -> Tensor:
         """Every Gaussian's label at the level of ``scale``: long [N], 0..K-1 by decreasing segment size."""
-        prefixes = self.gaussian_prefixes(self.level_for_scale(scale))
-        _, inverse, counts = torch.unique(prefixes, return_inverse=True, return_counts=True)
-        order = torch.argsort(counts, descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel(), device=order.device)
-        return rank[inverse]
+        from segsplat_ns.decompose import rank_by_size
+
+        return rank_by_size(self.gaussian_prefixes(self.level_for_scale(scale)))
 
     @torch.no_grad()
     def decomposition_features(self, scale: float) -> Tensor:

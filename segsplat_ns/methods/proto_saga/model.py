@@ -203,14 +203,9 @@ class ProtoSagaModel(SegSplatModel):
     def labels_at_scale(self, scale: float) -> Tensor:
         """Every Gaussian's instance, renumbered 0..K-1 by decreasing size (the scale is not used)."""
 
-        def ranked() -> Tensor:
-            _, inverse, counts = torch.unique(self.instance_ids.long(), return_inverse=True, return_counts=True)
-            order = torch.argsort(counts, descending=True, stable=True)
-            rank = torch.empty_like(order)
-            rank[order] = torch.arange(order.numel(), device=order.device)
-            return rank[inverse]
+        from segsplat_ns.decompose import rank_by_size
 
-        return self._memo.get(self._state(), "labels", ranked)
+        return self._memo.get(self._state(), "labels", lambda: rank_by_size(self.instance_ids.long()))
 
     def segmentation_outputs(self, camera: Cameras, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
         """The embedding map, and outside training ``instances``: each pixel coloured by its Eq. 19 instance."""
