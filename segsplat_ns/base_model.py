@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -30,7 +30,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn import Parameter
 
 from segsplat_ns.compat.splatfacto import GEOMETRY_KEYS, CpuSplatfactoModel, load_splatfacto_gaussians, sh_degree_of
-from segsplat_ns.contract import MethodContract
+from segsplat_ns.contract import MethodContract, TrainingViews
 
 NUM_SCALE_QUANTILES = 1001
 
@@ -109,9 +109,13 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         """Optimizer groups of the method's non-per-Gaussian modules."""
         return {}
 
-    def finish_training(self, cameras: Cameras, masks: Sequence[torch.Tensor]) -> None:
+    feature_stage_steps: ClassVar[Optional[int]] = None
+    """A feature stage of fixed length whatever ``--max-num-iterations`` says (a method that computes its features
+    in ``finish_training`` instead of training them); None: as many steps as the run has."""
+
+    def finish_training(self, views: TrainingViews) -> None:
         """After the last training step, before the final checkpoint: derive what inference needs from the trained
-        model, the training cameras and their masks (e.g. an association of the views' masks). Default: nothing."""
+        model and the training views (e.g. an association of the views' masks). Default: nothing."""
 
     # ---- stages ------------------------------------------------------------------------------------
     @property

@@ -125,6 +125,17 @@ class LanguageViews:
 
 
 @dataclass
+class TrainingViews:
+    """What a method's ``finish_training`` may read: the training cameras and, per view, its masks bool [M, H, W],
+    their quantile-normalised 3D scales [M] and its language record (``None`` without a language source)."""
+
+    cameras: "Cameras"
+    masks: Sequence[torch.Tensor]
+    mask_scales: Sequence[torch.Tensor]
+    language: Optional[Sequence[Any]] = None
+
+
+@dataclass
 class TextScores:
     """A method's answer to a text prompt."""
 
@@ -211,4 +222,4 @@ def describe_scale(granularity: Granularity, scale: float, level: Optional[int])
 
 
 __all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "INSTANCES", "Wording", "LatencyProbe", "MethodContract",
-                            "TextQuery", "LanguageViews", "TextScores", "describe_scale", "NotSupported")
+                            "TextQuery", "LanguageViews", "TextScores", "TrainingViews", "describe_scale", "NotSupported")

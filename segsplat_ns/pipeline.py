@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Type
+from typing import Dict, Iterator, Literal, Optional, Type
 
 import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -11,6 +12,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
+from segsplat_ns.contract import TrainingViews
 from segsplat_ns.datamanager import SegSplatDataManager, SegSplatDataManagerConfig
 from segsplat_ns.errors import user_error_types
 from segsplat_ns.masks.scales import ScaleQuantiles, mask_scales
@@ -63,10 +65,24 @@ class SegSplatPipeline(VanillaPipeline):
 
         # the trainer, to save the RGB stage before the feature stage is prepared (see checkpoint_rgb_stage)
         self._trainer = getattr(training_callback_attributes, "trainer", None)
+        self.fix_feature_stage_length()
         callbacks = super().get_training_callbacks(training_callback_attributes)
         finish = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.finish_if_last_step,
                                   update_every_num_iters=1)  # fmt: skip
         return callbacks + [finish]
+
+    def fix_feature_stage_length(self) -> None:
+        """A model with ``feature_stage_steps`` ends the run that many steps after its feature stage starts (the
+        trainer reads ``max_num_iterations`` when its loop starts, after the callbacks are made)."""
+        trainer, steps = getattr(self, "_trainer", None), self.model.feature_stage_steps
+        if trainer is None or steps is None:
+            return
+        total = max(self.model.feature_start_step + steps - trainer._start_step, 0)
+        if total != trainer.config.max_num_iterations:
+            CONSOLE.log(f"{type(self.model).__name__}: the feature stage is {steps} step(s); the run ends at step "
+                        f"{trainer._start_step + total - 1} (--max-num-iterations {trainer.config.max_num_iterations} "
+                        "does not apply)")
+            trainer.config.max_num_iterations = total
 
     def finish_if_last_step(self, step: int) -> None:
         """After the run's last step (before the trainer's final checkpoint): the model's ``finish_training``."""
@@ -75,11 +91,19 @@ class SegSplatPipeline(VanillaPipeline):
             return
         if not (self.model.in_feature_stage and self.datamanager.masks_ready):
             return
+        views = TrainingViews(self.datamanager.train_dataset.cameras, self.datamanager.load_train_masks(),
+                              self.datamanager.train_mask_scales, self.datamanager.load_train_language())  # fmt: skip
+        with self.model_in_eval_mode():
+            self.model.finish_training(views)
+
+    @contextmanager
+    def model_in_eval_mode(self) -> Iterator[None]:
+        """The model in eval mode without gradients, its own mode restored afterwards (whatever happens)."""
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                self.model.finish_training(self.datamanager.train_dataset.cameras, self.datamanager.load_train_masks())
+                yield
         finally:
             self.model.train(was_training)
 
@@ -114,15 +138,12 @@ class SegSplatPipeline(VanillaPipeline):
                 raise SystemExit(f"error: {error}") from None
         return super().get_train_loss_dict(step)
 
-    @torch.no_grad()
     def prepare_feature_stage(self) -> None:
         """Extract (or load cached) 2D masks (and CLIP features, with a language source) and measure each mask's 3D
         scale with the RGB splat's depth."""
         cameras = self.datamanager.train_dataset.cameras
-        was_training = self.model.training
-        self.model.eval()
         raw_scales = []
-        try:
+        with self.model_in_eval_mode():
             if self.model.prompts_sam:
                 source = self.datamanager.mask_source()
                 if source.accepts_prompts:
@@ -146,8 +167,6 @@ class SegSplatPipeline(VanillaPipeline):
                         valid=valid,
                     ).cpu()
                 )
-        finally:
-            self.model.train(was_training)
         all_scales = torch.cat(raw_scales)
         if all_scales.numel() == 0:
             raise RuntimeError("the mask source produced no masks for any training image: nothing to learn from")

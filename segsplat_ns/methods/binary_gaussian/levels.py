@@ -16,15 +16,11 @@ become L levels; this is our mapping (docs/binary-gaussian.md, "From masks to le
 4. pixels covered by no top-level mask (background, or the 1-2 px rim of a dilated part mask) take no part in
    the contrastive terms (as SAGA samples only pixels covered by a mask).
 
-Scale -> level (the shared segmenter's ``scale`` in [0, 1] is the quantile of 3D mask sizes). During training the
-model keeps, per level, a ``SCALE_BINS``-bin histogram of the normalised scales of the masks assigned to it, plus
-their sum and count. The scale axis is cut into one range per level, coarser levels higher up
-(:func:`level_of_bins`): the monotone cut that maximises the summed *normalised* histograms, i.e. the balanced
-accuracy of "mask scale -> its level" on the training masks, so a level with more masks does not win by count
-alone and moving the slider up never gives a finer level. A level with under ``MIN_LEVEL_SHARE`` of the masks gets
-no range; bins no mask fell in go to the level with the nearest mean scale. With no statistics at all (an
-untrained model) the fallback is fixed bands (:func:`fallback_level`): s >= 2/3 -> level 1 (coarse),
-1/3 <= s < 2/3 -> level 2, s < 1/3 -> level 3.
+Scale -> level (the shared segmenter's ``scale`` in [0, 1] is the quantile of 3D mask sizes): during training the
+model keeps, per level, a histogram of the normalised scales of the masks assigned to it, and the scale axis is
+cut into one range per level by :func:`segsplat_ns.methods.common.scale_levels.level_of_bins` (shared with
+``lift``; re-exported here). With no statistics at all (an untrained model) the fallback is fixed bands:
+s >= 2/3 -> level 1 (coarse), 1/3 <= s < 2/3 -> level 2, s < 1/3 -> level 3.
 """
 
 from __future__ import annotations
@@ -33,6 +29,14 @@ import math
 
 import torch
 from torch import Tensor
+
+from segsplat_ns.methods.common.scale_levels import (  # noqa: F401 - re-exported
+    MIN_LEVEL_SHARE,
+    SCALE_BINS,
+    fallback_level,
+    level_of_bins,
+    scale_bin,
+)
 
 __all__ = [
     "MIN_LEVEL_SHARE",
@@ -43,11 +47,6 @@ __all__ = [
     "pixel_level_groups",
     "scale_bin",
 ]
-
-SCALE_BINS = 20
-"""Bins of the per-level histograms of training-mask scales (the scale axis is cut at bin edges)."""
-MIN_LEVEL_SHARE = 0.05
-"""A level that received fewer than this share of the training masks is not offered on the scale axis."""
 
 
 def mask_levels(
@@ -109,57 +108,3 @@ def pixel_level_groups(membership: Tensor, mask_scales: Tensor, levels: Tensor, 
         groups[level] = current
         previous = current
     return groups
-
-
-def scale_bin(scale: float) -> int:
-    """The histogram bin (0..SCALE_BINS-1) of a scale in [0, 1]."""
-    return min(max(int(float(scale) * SCALE_BINS), 0), SCALE_BINS - 1)
-
-
-def fallback_level(scale: float, num_levels: int) -> int:
-    """The level of a scale with no training statistics: equal bands, coarsest at the top."""
-    band = int(math.floor((1.0 - float(scale)) * num_levels))
-    return min(max(band, 0), num_levels - 1)
-
-
-@torch.no_grad()
-def level_of_bins(hist: Tensor, scale_sum: Tensor, scale_count: Tensor) -> Tensor:
-    """The level of each of the SCALE_BINS scale bins: long [SCALE_BINS], non-increasing (coarser upwards).
-
-    ``hist`` [L, SCALE_BINS]: per level, how many training masks fell in each scale bin; ``scale_sum`` /
-    ``scale_count`` [L]: the sum and number of those masks' scales (their mean breaks ties).
-
-    The monotone partition of the scale axis that maximises the summed per-level *normalised* histogram
-    (the balanced accuracy of "a mask's scale -> its level" on the training masks), by dynamic programming.
-    Levels holding less than ``MIN_LEVEL_SHARE`` of the masks get no range. Ties (bins no mask fell in)
-    go to the level whose mean mask scale is nearest to the bin centre.
-    """
-    hist = hist.double().cpu()
-    counts = hist.sum(-1)
-    eligible = counts >= max(1.0, MIN_LEVEL_SHARE * float(counts.sum()))
-    if not bool(eligible.any()):  # statistics from before the histograms existed: means only
-        counts = scale_count.double().cpu()
-        eligible = counts > 0
-    density = hist / counts.clamp_min(1.0).unsqueeze(-1)
-    means = scale_sum.double().cpu() / scale_count.double().cpu().clamp_min(1.0)
-    centres = (torch.arange(SCALE_BINS, dtype=torch.float64) + 0.5) / SCALE_BINS
-    tie_break = -1e-6 * (means.unsqueeze(-1) - centres).abs()  # [L, B]: far below one mask's weight
-    score = torch.where(eligible.unsqueeze(-1), density + tie_break, torch.full_like(density, -math.inf))
-    num_levels = score.shape[0]
-    # best[l]: best total over bins 0..b with bin b at level l; bins go up in scale, levels down (coarser)
-    best = score[:, 0].clone()
-    came_from = torch.zeros(SCALE_BINS, num_levels, dtype=torch.long)
-    for b in range(1, SCALE_BINS):
-        new = torch.empty(num_levels, dtype=torch.float64)
-        for level in range(num_levels):
-            finer = best[level:]  # the previous bin's level is this one or a finer one
-            k = int(torch.argmax(finer))
-            came_from[b, level] = level + k
-            new[level] = finer[k] + score[level, b]
-        best = new
-    level = int(torch.argmax(best))
-    path = torch.empty(SCALE_BINS, dtype=torch.long)
-    for b in range(SCALE_BINS - 1, -1, -1):
-        path[b] = level
-        level = int(came_from[b, level])
-    return path

@@ -24,7 +24,7 @@ from torch.nn import Parameter, ParameterList
 from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import INSTANCES, Granularity, Wording
+from segsplat_ns.contract import INSTANCES, Granularity, TrainingViews, Wording
 from segsplat_ns.methods.common import InferenceMemo
 from segsplat_ns.methods.proto_saga import association, labels, prototypes
 
@@ -123,10 +123,10 @@ class ProtoSagaModel(SegSplatModel):
 
     # ---- after training: Eq. 9-18 ---------------------------------------------------------------------------
     @torch.no_grad()
-    def finish_training(self, cameras: Cameras, masks: Sequence[Tensor]) -> None:
+    def finish_training(self, views: TrainingViews) -> None:
         """Associate every view's instances (Eq. 9-16), then prototypes (Eq. 17-18) and each Gaussian's instance."""
-        bank = self.associate(cameras, masks)
-        self.compute_prototypes(cameras, bank)
+        bank = self.associate(views.cameras, views.masks)
+        self.compute_prototypes(views.cameras, bank)
 
     @torch.no_grad()
     def associate(self, cameras: Cameras, masks: Sequence[Tensor]) -> association.MemoryBank:
