@@ -89,9 +89,9 @@ class LiftModel(SegSplatModel):
 
     # ---- construction ----------------------------------------------------------------------------------
     def populate_method_modules(self) -> None:
-        self.register_buffer("level_labels", torch.zeros(NUM_LEVELS, 0, dtype=torch.int16))
+        self.register_buffer("level_labels", torch.zeros(0, NUM_LEVELS, dtype=torch.int16))
         self.register_buffer("confidence", torch.zeros(0))
-        self.register_buffer("language_features", torch.zeros(NUM_LEVELS, 0, 0, dtype=torch.float16))
+        self.register_buffer("language_features", torch.zeros(0, NUM_LEVELS, 0, dtype=torch.float16))
         self.register_buffer("level_scale_hist", torch.zeros(NUM_LEVELS, SCALE_BINS, dtype=torch.float64))
         self.register_buffer("level_scale_sum", torch.zeros(NUM_LEVELS, dtype=torch.float64))
         self.register_buffer("level_scale_count", torch.zeros(NUM_LEVELS, dtype=torch.float64))
@@ -111,7 +111,7 @@ class LiftModel(SegSplatModel):
     @property
     def has_features(self) -> bool:
         """The lifted labels exist for the current Gaussians."""
-        return bool(self.features_trained) and self.level_labels.shape[1] == self.num_points > 0
+        return bool(self.features_trained) and self.level_labels.shape[0] == self.num_points > 0
 
     # ---- the one feature-stage step: nothing to train -----------------------------------------------------
     def segmentation_outputs(self, camera: Cameras, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
@@ -194,7 +194,7 @@ class LiftModel(SegSplatModel):
             level_labels.append(_rank_instances(voted))
             summary.append(f"{LEVEL_NAMES[c]} {count} masks' instances -> {int(level_labels[-1].max()) + 1} labelled")
         dtype = torch.int16 if max(int(x.max()) for x in level_labels) < torch.iinfo(torch.int16).max else torch.int32
-        self.level_labels = torch.stack(level_labels).to(dtype).to(device)
+        self.level_labels = torch.stack(level_labels, 1).to(dtype).to(device)  # Gaussian-major: [N, 3]
         self.confidence = total.to(device)
         if language is not None and lang_tables:
             table = torch.cat(lang_tables)
@@ -202,9 +202,9 @@ class LiftModel(SegSplatModel):
             for c in range(NUM_LEVELS):
                 rows, cols, values = (torch.cat([e[i] for e in lang_entries[c]]) for i in range(3))
                 lifted.append(features.weighted_mean_features(rows, cols, values, table, num).half())
-            self.language_features = torch.stack(lifted).to(device)
+            self.language_features = torch.stack(lifted, 1).to(device)  # [N, 3, D]
         else:
-            self.language_features = torch.zeros(NUM_LEVELS, num, 0, dtype=torch.float16, device=device)
+            self.language_features = torch.zeros(num, NUM_LEVELS, 0, dtype=torch.float16, device=device)
         hist, scale_sum, scale_count = level_histograms(torch.cat(scales), torch.cat(levels), NUM_LEVELS)
         self.level_scale_hist.copy_(hist)
         self.level_scale_sum.copy_(scale_sum)
@@ -224,7 +224,7 @@ class LiftModel(SegSplatModel):
 
     def _state(self) -> tuple:
         ids = self.level_labels
-        return (ids.data_ptr(), ids._version, ids.shape[1], float(self.level_scale_count.sum()))
+        return (ids.data_ptr(), ids._version, ids.shape[0], float(self.level_scale_count.sum()))
 
     def level_for_scale(self, scale: float) -> int:
         """0-based level of a quantile-normalised scale: the levels' ranges from the training masks' scales."""
@@ -242,7 +242,7 @@ class LiftModel(SegSplatModel):
         return None if not inside else (inside[len(inside) // 2] + 0.5) / SCALE_BINS
 
     def level_codes(self, level: int) -> Tensor:
-        count = int(self.level_labels[level].max()) + 1 if self.level_labels.shape[1] else 0
+        count = int(self.level_labels[:, level].max()) + 1 if self.level_labels.shape[0] else 0
         return self._memo.get(self._state(), ("codes", level),
                               lambda: codes.instance_codes(count, self.config.code_dim, seed=level).to(self.device))  # fmt: skip
 
@@ -252,7 +252,7 @@ class LiftModel(SegSplatModel):
         def compute() -> Tensor:
             parts = []
             for level in range(NUM_LEVELS):
-                ids = self.level_labels[level].long()
+                ids = self.level_labels[:, level].long()
                 table = torch.cat([self.level_codes(level), torch.zeros(1, self.config.code_dim, device=self.device)])
                 parts.append(table[torch.where(ids >= 0, ids, torch.full_like(ids, table.shape[0] - 1))])
             return torch.cat(parts, -1)
@@ -280,7 +280,7 @@ class LiftModel(SegSplatModel):
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:
         """The Gaussians labelled with a queried instance at the scale's level: bool [N] (the selection)."""
-        ids = self.level_labels[self.level_for_scale(scale)].long()
+        ids = self.level_labels[:, self.level_for_scale(scale)].long()
         wanted = queries.long().to(ids.device)
         return torch.isin(ids, wanted[wanted >= 0])
 
@@ -290,7 +290,7 @@ class LiftModel(SegSplatModel):
         from segsplat_ns.decompose import rank_by_size
 
         level = self.level_for_scale(scale)
-        return self._memo.get(self._state(), ("labels", level), lambda: rank_by_size(self.level_labels[level].long()))
+        return self._memo.get(self._state(), ("labels", level), lambda: rank_by_size(self.level_labels[:, level].long()))
 
     @torch.no_grad()
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
@@ -303,13 +303,12 @@ class LiftModel(SegSplatModel):
                 "this lift run lifted no CLIP features (it had no language source): rerun it with "
                 "--pipeline.datamanager.language.source clip (or folder)"
             )
-        scores = torch.zeros(lifted.shape[:2], device=lifted.device)
-        for start in range(0, lifted.shape[1], 1 << 16):
-            chunk = lifted[:, start : start + (1 << 16)].float()
+        scores = torch.zeros(lifted.shape[1], lifted.shape[0], device=lifted.device)  # [3, N]
+        for start in range(0, lifted.shape[0], 1 << 16):
+            chunk = lifted[start : start + (1 << 16)].float().transpose(0, 1)  # [3, n, D]
             seen = chunk.abs().amax(-1) > 0  # a Gaussian in no mask of a level has no feature there
             scores[:, start : start + chunk.shape[1]] = torch.where(
-                seen, relevancy(chunk, query.embedding, query.canonical), torch.zeros_like(seen, dtype=torch.float32)
-            )
+                seen, relevancy(chunk, query.embedding, query.canonical), torch.zeros_like(seen, dtype=torch.float32))
         if self.config.text_level == "best":
             level = int(scores.amax(-1).argmax())
             values, where = scores[level], LEVEL_NAMES[level]
