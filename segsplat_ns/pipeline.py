@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Iterator, Literal, Optional, Type
 
 import torch
@@ -93,8 +96,25 @@ class SegSplatPipeline(VanillaPipeline):
             return
         views = TrainingViews(self.datamanager.train_dataset.cameras, self.datamanager.load_train_masks(),
                               self.datamanager.train_mask_scales, self.datamanager.load_train_language())  # fmt: skip
+        finish_started = time.perf_counter()
         with self.model_in_eval_mode():
             self.model.finish_training(views)
+        self.write_stage_seconds(trainer, time.perf_counter() - finish_started)
+
+    def write_stage_seconds(self, trainer, finish_seconds: float) -> None:
+        """``stage_seconds.json`` beside config.yml: the feature stage's time inside this process (from the stage
+        switch to the end of ``finish_training``: masks, scales, steps, finish), without ns-train's start-up."""
+        started = getattr(self, "_feature_stage_started", None)
+        if started is None:  # resumed inside the feature stage: this process did not see all of it
+            return
+        from segsplat_ns.io import atomic_open
+
+        record = {"feature_stage_s": time.perf_counter() - started, "finish_training_s": finish_seconds}
+        try:
+            with atomic_open(Path(trainer.base_dir) / "stage_seconds.json") as handle:
+                handle.write(json.dumps(record, indent=1).encode())
+        except OSError as error:
+            CONSOLE.print(f"could not write the stage times ({error}); the run itself is saved")
 
     @contextmanager
     def model_in_eval_mode(self) -> Iterator[None]:
@@ -132,6 +152,7 @@ class SegSplatPipeline(VanillaPipeline):
     def get_train_loss_dict(self, step: int):
         if self.model.in_feature_stage and not self.datamanager.masks_ready:
             self.checkpoint_rgb_stage(step)
+            self._feature_stage_started = time.perf_counter()
             try:
                 self.prepare_feature_stage()
             except user_error_types() as error:

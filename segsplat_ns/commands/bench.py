@@ -47,6 +47,8 @@ COLUMNS = [
     ("text_part_localisation", "text part loc.", "{:.3f}"),
     ("rgb_stage_s", "RGB stage s", "{:.0f}"),
     ("feature_stage_s", "feature stage s", "{:.0f}"),
+    ("feature_stage_run_s", "feature stage s in run", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
     ("click_ms", "click ms", "{:.0f}"),
     ("text_first_ms", "first text ms", "{:.0f}"),
     ("text_ms", "text ms", "{:.0f}"),
@@ -127,7 +129,7 @@ class Bench:
                     name = f"{method} ({variant})" if variant else method
                     joint = not get_method(method).model_class.freezes_geometry
                     row = {"seed": seed, "method": name, "rgb_stage_s": 0.0 if joint else rgb_seconds,
-                           "feature_stage_s": seconds}
+                           "feature_stage_s": seconds, **self.run_facts(config)}
                     row.update(self.evaluate(config, overrides))
                     rows.append(row)
                     print(f"[bench] seed {seed} {name}: " + ", ".join(
@@ -192,13 +194,30 @@ class Bench:
         ]
         print("[bench] " + " ".join(command[1:]), flush=True)
         start = time.time()
-        result = subprocess.run(command, check=False, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process = subprocess.Popen(command, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        _, status, usage = os.wait4(process.pid, 0)  # this run's own resource usage (peak RSS in KiB on Linux)
+        process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.time() - start
-        if result.returncode != 0:
-            raise SegsplatError(f"ns-train {args[0]} ({name}, seed {seed}) failed with exit code {result.returncode}; "
+        if process.returncode != 0:
+            raise SegsplatError(f"ns-train {args[0]} ({name}, seed {seed}) failed with exit code {process.returncode}; "
                                 f"its output is above")
+        (run_root / "peak_rss_mib.txt").write_text(f"{usage.ru_maxrss / 1024!r}\n")
         timing.write_text(f"{seconds!r}\n")  # full precision: a rerun reports the same number
         return find_config(run_root), seconds
+
+    @staticmethod
+    def run_facts(config: Path) -> Dict[str, float]:
+        """What a run recorded about itself: the feature stage's time inside ns-train (``stage_seconds.json``, no
+        start-up) and the process's peak resident memory (written by :meth:`train`); absent ones are left out."""
+        facts: Dict[str, float] = {}
+        stages = config.parent / "stage_seconds.json"
+        if stages.exists():
+            facts["feature_stage_run_s"] = float(json.loads(stages.read_text())["feature_stage_s"])
+        for folder in config.parents:
+            if (folder / "peak_rss_mib.txt").exists():
+                facts["peak_rss_mib"] = float((folder / "peak_rss_mib.txt").read_text())
+                break
+        return facts
 
     def evaluate(self, config: Path, overrides: Optional[Dict[str, object]] = None) -> Dict[str, float]:
         import torch

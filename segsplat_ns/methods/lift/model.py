@@ -78,6 +78,7 @@ class LiftModel(SegSplatModel):
     feature_stage_steps = 1
     score_kind = "selection"
     text_support = "relevancy of each Gaussian's lifted CLIP feature (Occam's LGS)"
+    inference_variants = {"text: max over levels": {"text_level": "max"}}
     wording = Wording(
         nothing_selected="the clicked pixel is background at this level in the lifted masks: try another level",
         level_hint="Granularity of what a click selects: the lifted instance under the click at this level "
