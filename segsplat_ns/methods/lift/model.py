@@ -41,7 +41,7 @@ from segsplat_ns.methods.common.scale_levels import (
 )
 from segsplat_ns.methods.lift import association, codes, features, labels
 from segsplat_ns.methods.lift.levels import NUM_LEVELS, nested_level_maps
-from segsplat_ns.methods.lift.weights import index_map_weights
+from segsplat_ns.methods.lift.weights import LevelEntries, index_map_weights
 
 __all__ = ["LiftModel", "LiftModelConfig"]
 
@@ -135,17 +135,14 @@ class LiftModel(SegSplatModel):
     @torch.no_grad()
     def finish_training(self, views: TrainingViews) -> None:
         """Render every training view once, accumulate the weights, associate, vote, average the CLIP features."""
-        num = self.num_points
-        device = self.device
+        num, device, language = self.num_points, self.device, views.language
         total = torch.zeros(num, device=device)
-        seg_entries: List[List[tuple]] = [[] for _ in range(NUM_LEVELS)]
-        lang_entries: List[List[tuple]] = [[] for _ in range(NUM_LEVELS)]
+        seg = [LevelEntries() for _ in range(NUM_LEVELS)]
+        lang = [LevelEntries() for _ in range(NUM_LEVELS)]
         view_labels: List[List[Tensor]] = [[] for _ in range(NUM_LEVELS)]
         mask_counts: List[int] = []
         lang_tables: List[Tensor] = []
         scales, levels = [], []
-        seg_offset = lang_offset = 0
-        language = views.language
         for k in tqdm(range(len(views.cameras)), desc="lift: one pass over the training views", unit="view"):
             camera = views.cameras[k : k + 1].to(device)
             masks = views.masks[k].bool().cpu().numpy()
@@ -154,8 +151,7 @@ class LiftModel(SegSplatModel):
                 raise RuntimeError(f"training view {k}: masks are {masks.shape[1]}x{masks.shape[2]}, the camera renders "
                                    f"{size[0]}x{size[1]}: delete the mask cache and rerun")  # fmt: skip
             maps, mask_level = nested_level_maps(masks)
-            all_maps = [torch.from_numpy(maps)]
-            width = masks.shape[0]
+            all_maps, width = [torch.from_numpy(maps)], masks.shape[0]
             if language is not None:
                 record = language[k]
                 # the record's rows are s, m, l (fine to coarse): reversed, coarse first as the levels here
@@ -176,20 +172,17 @@ class LiftModel(SegSplatModel):
             for c in range(NUM_LEVELS):
                 w = weights[c]
                 view_labels[c].append(labels.view_labels(w.rows, w.cols, w.values, view_total).cpu())
-                seg_entries[c].append((w.rows.cpu(), w.cols.cpu() + seg_offset, w.values.cpu()))
+                seg[c].add(w, masks.shape[0])
                 if language is not None:
-                    w = weights[NUM_LEVELS + c]
-                    lang_entries[c].append((w.rows.cpu(), w.cols.cpu() + lang_offset, w.values.cpu()))
+                    lang[c].add(weights[NUM_LEVELS + c], lang_tables[-1].shape[0])
             mask_counts.append(masks.shape[0])
-            seg_offset += masks.shape[0]
-            lang_offset += lang_tables[-1].shape[0] if language is not None else 0
             scales.append(views.mask_scales[k].reshape(-1).cpu().double())
             levels.append(torch.from_numpy(mask_level))
         total = total.cpu()
         level_labels, summary = [], []
         for c in range(NUM_LEVELS):
             ids = association.associate(view_labels[c], mask_counts, self.config.association_threshold)
-            rows, cols, values = (torch.cat([e[i] for e in seg_entries[c]]) for i in range(3))
+            rows, cols, values = seg[c].concatenated()
             count = int(ids.max()) + 1 if ids.numel() else 0
             voted = labels.instance_labels(rows, ids[cols], values, total, max(count, 1), self.config.background_bias)
             level_labels.append(_rank_instances(voted))
@@ -199,10 +192,7 @@ class LiftModel(SegSplatModel):
         self.confidence = total.to(device)
         if language is not None and lang_tables:
             table = torch.cat(lang_tables)
-            lifted = []
-            for c in range(NUM_LEVELS):
-                rows, cols, values = (torch.cat([e[i] for e in lang_entries[c]]) for i in range(3))
-                lifted.append(features.weighted_mean_features(rows, cols, values, table, num).half())
+            lifted = [features.weighted_mean_features(*lang[c].concatenated(), table, num).half() for c in range(NUM_LEVELS)]
             self.language_features = torch.stack(lifted, 1).to(device)  # [N, 3, D]
         else:
             self.language_features = torch.zeros(num, NUM_LEVELS, 0, dtype=torch.float16, device=device)
@@ -213,7 +203,7 @@ class LiftModel(SegSplatModel):
         self.features_trained.fill_(True)
         self._memo.clear()
         CONSOLE.log(
-            f"lift: {len(views.cameras)} views, {seg_offset} masks; {'; '.join(summary)}; CLIP features "
+            f"lift: {len(views.cameras)} views, {sum(mask_counts)} masks; {'; '.join(summary)}; CLIP features "
             f"{'lifted at 3 levels' if self.language_features.shape[-1] else 'not lifted (no language source)'}"
         )
 

@@ -14,13 +14,13 @@ background share, the confidence). Channels are processed ``chunk`` at a time, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["LevelWeights", "composite_weights", "index_map_weights"]
+__all__ = ["LevelEntries", "LevelWeights", "composite_weights", "index_map_weights"]
 
 
 def composite_weights(render: Callable[[Tensor], Tensor], num_gaussians: int, targets: Tensor) -> Tensor:
@@ -88,3 +88,24 @@ def index_map_weights(
         rows, cols, values = (torch.cat([p[k] for p in parts[level]]) for k in range(3))
         out.append(LevelWeights(rows, cols, values))
     return total, out
+
+
+@dataclass
+class LevelEntries:
+    """One level's weights over every view so far, with mask columns made global (view 0's masks first)."""
+
+    parts: List[Tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    columns: int = 0
+    """Masks (columns) added so far: the next view's masks start here."""
+
+    def add(self, weights: LevelWeights, num_masks: int) -> None:
+        """Append one view's weights (kept on the CPU) whose masks are its ``num_masks`` columns."""
+        self.parts.append((weights.rows.cpu(), weights.cols.cpu() + self.columns, weights.values.cpu()))
+        self.columns += num_masks
+
+    def concatenated(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(rows, cols, values)`` of every view."""
+        if not self.parts:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty, torch.zeros(0)
+        return tuple(torch.cat([part[k] for part in self.parts]) for k in range(3))  # type: ignore[return-value]
