@@ -200,6 +200,8 @@ class SegSplatPipeline(VanillaPipeline):
         )
 
     def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path=None, get_std: bool = False):
+        if len(self.datamanager.eval_dataset) == 0:  # nerfstudio would index the first of no metrics
+            raise SystemExit(f"error: {no_eval_views_message(self.datamanager.data_dir)}")
         metrics = super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
         if not self.model.has_features:
             return metrics
@@ -212,9 +214,6 @@ class SegSplatPipeline(VanillaPipeline):
         if ground_truth is None:
             CONSOLE.print(f"no segmentation ground truth (no {self.datamanager.data_dir / 'gt' / 'meta.json'}): "
                           "segmentation metrics skipped", markup=False)
-            return metrics
-        if len(self.datamanager.eval_dataset) == 0:
-            CONSOLE.print("the dataset has no eval views: segmentation metrics skipped")
             return metrics
         from segsplat_ns.eval.protocol import evaluate_segmentation
         from segsplat_ns.segmenter import Segmenter
@@ -245,6 +244,12 @@ class SegSplatPipeline(VanillaPipeline):
             return {}
         metrics, _ = text_metrics(segmenter, cameras, ground_truth)
         return metrics
+
+
+def no_eval_views_message(data) -> str:
+    """What to do when a dataset has no eval views (ns-eval measures on them)."""
+    return (f"the dataset {data} has no eval views, so there is nothing for ns-eval to measure: list some images in "
+            "the 'test_filenames' of its transforms.json (or drop its *_filenames lists so nerfstudio holds out 10 %)")
 
 
 def check_resume_stage(model, step: int) -> None:

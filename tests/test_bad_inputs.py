@@ -493,3 +493,14 @@ def test_missing_dataset_message_fits_ns_eval_too(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="ns-eval / ns-viewer: .* run them from there"):
         check_dataset(tmp_path / "data" / "scene")
+
+
+def test_ns_eval_without_eval_views_names_the_fix():
+    """A dataset from elsewhere whose transforms.json lists no eval images: one line, not nerfstudio's IndexError."""
+    from types import SimpleNamespace
+
+    from segsplat_ns.pipeline import SegSplatPipeline
+
+    fake = SimpleNamespace(datamanager=SimpleNamespace(eval_dataset=[], data_dir=Path("/data/scene")))
+    with pytest.raises(SystemExit, match=r"/data/scene has no eval views.*'test_filenames'"):
+        SegSplatPipeline.get_average_eval_image_metrics(fake)
