@@ -275,7 +275,7 @@ def test_ns_eval_keeps_image_metrics_when_ground_truth_is_malformed(monkeypatch,
 
     pipeline = SegSplatPipeline.__new__(SegSplatPipeline)
     torch.nn.Module.__init__(pipeline)
-    pipeline.__dict__["datamanager"] = SimpleNamespace(eval_ground_truth=broken)
+    pipeline.__dict__["datamanager"] = SimpleNamespace(eval_ground_truth=broken, eval_dataset=[object()])
     pipeline.__dict__["_model"] = SimpleNamespace(has_features=True)
     assert pipeline.get_average_eval_image_metrics() == {"psnr": 30.0}
     assert "segmentation metrics skipped" in capsys.readouterr().out
