@@ -90,32 +90,34 @@ def ray_cluster():
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["classical", "folder"])
 def test_ray_filled_cache_is_byte_for_byte_the_single_process_cache(ray_cluster, extract_scene, tmp_path, source):
-    from segsplat_ns.distributed import RayExtraction
+    from segsplat_ns.distributed import RayPool, ray_masks
 
     datamanager, paths, sizes = images_of(extract_scene)
     config = MaskSourceConfig(source=source)
     here = MaskCache(tmp_path / "here")
     mask_source = config.setup(extract_scene)
     here.load_or_compute(mask_source, paths, datamanager.train_image_uint8, image_sizes=sizes)
-    extraction = RayExtraction(config, extract_scene, paths, datamanager.train_image_uint8, sizes, workers=2)
+    pool = RayPool(workers=2)
+    extraction = ray_masks(pool, config, extract_scene, paths, datamanager.train_image_uint8, sizes)
     ray_cache = MaskCache(tmp_path / "ray")
     ray_cache.load_or_compute(mask_source, paths, datamanager.train_image_uint8, image_sizes=sizes,
                               compute_missing=extraction)  # fmt: skip
     (a,), (b,) = list((tmp_path / "here").glob("*.bin")), list((tmp_path / "ray").glob("*.bin"))
     assert a.name == b.name and a.read_bytes() == b.read_bytes()
-    assert extraction.rate is not None and extraction.rate > 0
+    assert pool.rate is not None and pool.rate > 0
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_is_restarted_and_the_cache_completes(ray_cluster, extract_scene, tmp_path):
-    from segsplat_ns.distributed import RayExtraction
+    from segsplat_ns.distributed import RayPool, ray_masks
 
     datamanager, paths, sizes = images_of(extract_scene)
     config = MaskSourceConfig(source="classical")
     mask_source = config.setup(extract_scene)
     reference = MaskCache(tmp_path / "here")
     reference.load_or_compute(mask_source, paths, datamanager.train_image_uint8, image_sizes=sizes)
-    extraction = RayExtraction(config, extract_scene, paths, datamanager.train_image_uint8, sizes, workers=2)
+    pool = RayPool(workers=2)
+    extraction = ray_masks(pool, config, extract_scene, paths, datamanager.train_image_uint8, sizes)
     cache = MaskCache(tmp_path / "ray")
     errors = []
 
@@ -129,16 +131,54 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_cache_completes(ray_cluste
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.time() + 120
-    while not extraction.actors and time.time() < deadline:
+    while not pool.actors and time.time() < deadline:
         time.sleep(0.05)
-    assert extraction.actors, "the workers never started"
-    pid = ray_cluster.get(extraction.actors[0].pid.remote())
+    assert pool.actors, "the workers never started"
+    pid = ray_cluster.get(pool.actors[0].pid.remote())
     os.kill(pid, signal.SIGKILL)  # the worker process dies while images are still queued
     thread.join(timeout=300)
     assert not thread.is_alive() and not errors, errors
     (a,), (b,) = list((tmp_path / "here").glob("*.bin")), list((tmp_path / "ray").glob("*.bin"))
     assert a.read_bytes() == b.read_bytes()
     assert not list((tmp_path / "ray").glob("*.parts"))  # no half-written entry left behind
+
+
+@pytest.mark.slow
+def test_ray_filled_clip_cache_matches_the_single_process_cache(ray_cluster, extract_scene, tmp_path):
+    """The clip source with a random-weight ViT-B-16 (shapes and plumbing, not meaning): the same records, manifest
+    written by the driver."""
+    from functools import partial
+
+    from segsplat_ns.distributed import RayPool, ray_language
+    from segsplat_ns.language.cache import LanguageCache
+    from segsplat_ns.language.encoders import OpenClipEncoder
+    from segsplat_ns.language.features import read_record
+
+    datamanager, paths, sizes = images_of(extract_scene)
+    paths, sizes = paths[:2], sizes[:2]  # two images, one worker: each random ViT-B-16 takes a while to build
+    source = ClassicalMaskSource()
+    masks = MaskCache(tmp_path / "masks").load_or_compute(source, paths, datamanager.train_image_uint8, image_sizes=sizes)
+    encoder = OpenClipEncoder.random_weights(seed=0)
+    here = LanguageCache(tmp_path / "here").load_or_compute(encoder, paths, datamanager.train_image_uint8,
+                                                             masks.__getitem__, source.cache_key(), image_sizes=sizes)
+    pool = RayPool(workers=1)
+    compute = ray_language(pool, partial(OpenClipEncoder.random_weights, seed=0), 32, datamanager.train_image_uint8,
+                           masks.__getitem__)  # fmt: skip
+    on_ray = LanguageCache(tmp_path / "ray").load_or_compute(encoder, paths, datamanager.train_image_uint8,
+                                                              masks.__getitem__, source.cache_key(), image_sizes=sizes,
+                                                              compute_missing=compute)  # fmt: skip
+    assert pool.rate is not None
+    for i in range(len(paths)):
+        a = read_record(here.folder, here.stems[i])
+        b = read_record(on_ray.folder, on_ray.stems[i])
+        assert np.array_equal(a.index_maps, b.index_maps)
+        # float16 CLIP features: equal up to the last bit of a different thread count's summation order
+        assert np.abs(a.features.astype(np.float32) - b.features.astype(np.float32)).max() <= 2e-3
+    calls = []
+    LanguageCache(tmp_path / "ray").load_or_compute(encoder, paths, datamanager.train_image_uint8, masks.__getitem__,
+                                                   source.cache_key(), image_sizes=sizes,
+                                                   compute_missing=lambda todo, folder, stems: calls.append(todo))  # fmt: skip
+    assert calls == []  # the manifest the driver wrote makes a second run compute nothing
 
 
 def test_extract_without_ray_address_computes_here(extract_scene, tmp_path, capsys):
@@ -148,7 +188,7 @@ def test_extract_without_ray_address_computes_here(extract_scene, tmp_path, caps
     config = SegSplatDataManagerConfig(masks=MaskSourceConfig(source="classical"), cache_dir=tmp_path / "cache")
     assert Extract(data=extract_scene, datamanager=config).main() == 0
     out = capsys.readouterr().out
-    assert "12 images" in out and "masks_classical_" in out
+    assert "12 images" in out and "reuses these caches" in out
     (cache_file,) = (tmp_path / "cache").glob("masks_classical_*.bin")
     # what ns-train's datamanager loads from that folder is this file, unchanged
     datamanager, paths, sizes = images_of(extract_scene)
