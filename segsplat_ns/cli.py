@@ -27,6 +27,7 @@ def entrypoint() -> None:
     from segsplat_ns.commands.bench_latency import BenchLatency
     from segsplat_ns.commands.demo import Demo
     from segsplat_ns.commands.eval_benchmark import EvalBenchmark
+    from segsplat_ns.commands.extract import Extract
     from segsplat_ns.commands.segment import Segment
     from segsplat_ns.errors import run_with_clear_errors
     from segsplat_ns.synthetic import SceneConfig
@@ -47,6 +48,7 @@ def entrypoint() -> None:
         Annotated[Bench, tyro.conf.subcommand("bench")],
         Annotated[BenchLatency, tyro.conf.subcommand("bench-latency")],
         Annotated[EvalBenchmark, tyro.conf.subcommand("eval-benchmark")],
+        Annotated[Extract, tyro.conf.subcommand("extract")],
     ]
     args = sys.argv[1:]
     verbatim: Optional[Tuple[str, ...]] = None

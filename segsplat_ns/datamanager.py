@@ -97,13 +97,15 @@ class SegSplatDataManager(FullImageDatamanager):
         check_writable_folder(self.mask_cache_dir, "--pipeline.datamanager.cache-dir")
         self.eval_ground_truth()  # GroundTruthError names the file
 
-    def load_train_masks(self) -> Sequence[torch.Tensor]:
-        """2D masks of every training image, from the cache or the mask source (slow for SAM: progress bar)."""
+    def load_train_masks(self, compute_missing=None) -> Sequence[torch.Tensor]:
+        """2D masks of every training image, from the cache or the mask source (slow for SAM: progress bar);
+        ``compute_missing``: where missing images are computed instead (``segsplat extract`` on Ray)."""
         if self.train_masks is None:
             cache = MaskCache(self.mask_cache_dir)
             paths, sizes = self._train_paths_and_sizes()
             # lazy: masks stay bit-packed in memory and one image is decoded per training step
-            masks = cache.load_or_compute(self.mask_source(), paths, self.train_image_uint8, image_sizes=sizes, lazy=True)
+            masks = cache.load_or_compute(self.mask_source(), paths, self.train_image_uint8, image_sizes=sizes, lazy=True,
+                                          compute_missing=compute_missing)  # fmt: skip
             self.train_masks = masks
         return self.train_masks
 
@@ -129,7 +131,7 @@ class SegSplatDataManager(FullImageDatamanager):
         sizes = [tuple(self.cached_train[i]["image"].shape[:2]) for i in range(len(paths))]
         return paths, sizes
 
-    def load_train_language(self):
+    def load_train_language(self, compute_missing=None):
         """Per-image CLIP index maps and features of every training image (None with language source none), from
         their cache or computed (clip source: on this datamanager's masks; progress bar)."""
         language = self.config.language
@@ -145,7 +147,7 @@ class SegSplatDataManager(FullImageDatamanager):
 
             self.train_language = language.load(
                 self.data_dir, paths, self.train_image_uint8, image_sizes=sizes, masks_for=masks_for,
-                masks_key=masks_key, cache_dir=self.mask_cache_dir,
+                masks_key=masks_key, cache_dir=self.mask_cache_dir, compute_missing=compute_missing,
             )  # fmt: skip
         return self.train_language
 

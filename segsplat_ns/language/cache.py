@@ -212,12 +212,15 @@ class LanguageCache:
         masks_key: Any,
         image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
         batch_size: int = 32,
+        compute_missing: Optional[Callable[[List[int], Path, List[str]], None]] = None,
     ) -> LanguageFeatureSet:
         """Records of every image, from the cache when valid, else computed (and cached).
 
         ``load_image(i)``: image i, uint8 [H, W, 3]. ``masks_for(i)``: its masks, bool [M, H, W] (from the
         configured mask source, e.g. the mask cache's output). ``masks_key``: that mask source's cache key (the
         language cache is invalidated when the masks change). ``image_sizes``: the (H, W) of each image, if known.
+        ``compute_missing(indices, folder, stems)``: writes those images' records elsewhere (e.g. Ray actors,
+        ``segsplat extract``); the manifest is then written here, last.
         """
         image_paths = [Path(p) for p in image_paths]
         if image_sizes is None:
@@ -230,7 +233,8 @@ class LanguageCache:
         stems = entry_stems(image_paths)
         todo = self._check(folder, key, stems)
         if todo:
-            self._compute(folder, key, stems, todo, encoder, image_paths, load_image, masks_for, batch_size)
+            self._compute(folder, key, stems, todo, encoder, image_paths, load_image, masks_for, batch_size,
+                          compute_missing)  # fmt: skip
         return LanguageFeatureSet(folder, stems, image_sizes, dim=int(encoder.dim))
 
     # -- validation ------------------------------------------------------------------------------------
@@ -304,7 +308,7 @@ class LanguageCache:
     # -- computing -------------------------------------------------------------------------------------
     def _compute(self, folder: Path, key: Dict[str, Any], stems: List[str], todo: List[int], encoder: Any,
                  image_paths: List[Path], load_image: Callable[[int], np.ndarray], masks_for: Callable[[int], Any],
-                 batch_size: int) -> None:
+                 batch_size: int, compute_missing=None) -> None:
         from tqdm.auto import tqdm
 
         manifest_path = folder / MANIFEST
@@ -320,10 +324,18 @@ class LanguageCache:
         folder.mkdir(parents=True, exist_ok=True)
         todo_set = set(todo)
         entries = list(old_entries)
-        for i in tqdm(todo, desc="Language features (clip)", unit="image"):
-            record = compute_record(load_image(i), masks_for(i), encoder, batch_size=batch_size)
-            s_path, f_path = write_record(folder, stems[i], record)
-            entries[i] = {"stem": stems[i], "masks": record.num_masks,
+        if compute_missing is not None:
+            compute_missing(list(todo), folder, list(stems))
+        else:
+            for i in tqdm(todo, desc="Language features (clip)", unit="image"):
+                write_record(folder, stems[i], compute_record(load_image(i), masks_for(i), encoder, batch_size=batch_size))
+        for i in todo:  # the manifest describes the files as they are on disk, whoever wrote them
+            s_path, f_path = record_paths(folder, stems[i])
+            if not (s_path.is_file() and f_path.is_file()):
+                raise LanguageSourceError(f"the language features of {stems[i]} were not computed ({s_path}); rerun: "
+                                          f"the finished images are kept")
+            masks = int(np.load(f_path, mmap_mode="r", allow_pickle=False).shape[0])
+            entries[i] = {"stem": stems[i], "masks": masks,
                           "s": {"bytes": s_path.stat().st_size, "sha256": file_sha256(s_path)},
                           "f": {"bytes": f_path.stat().st_size, "sha256": file_sha256(f_path)}}
         for i, e in enumerate(entries):

@@ -72,12 +72,14 @@ class LanguageSourceConfig:
         masks_key: Any = None,
         encoder: Optional[ImageTextEncoder] = None,
         cache_dir: Optional[Path] = None,
+        compute_missing: Optional[Callable] = None,
     ) -> Optional[LanguageFeatureSet]:
         """The language features of ``image_paths`` (None for source ``none``).
 
         ``masks_for(i)`` / ``masks_key``: the configured mask source's masks of image i and its cache key (clip
         source only). ``encoder``: use this encoder instead of building CLIP from ``clip_checkpoint`` (tests).
         ``cache_dir``: where the clip source caches (default ``<data>/segsplat_cache``, as the mask cache).
+        ``compute_missing``: computes the clip source's missing records elsewhere (``segsplat extract`` on Ray).
         """
         if self.source == "none":
             return None
@@ -94,7 +96,8 @@ class LanguageSourceConfig:
                 encoder = LazyClipEncoder(resolve_clip_checkpoint(self.clip_checkpoint), device=self.resolved_device())
             cache = LanguageCache(Path(cache_dir) if cache_dir is not None else _data_root(data_dir) / CACHE_SUBDIR)
             return cache.load_or_compute(encoder, image_paths, load_image, masks_for, masks_key,
-                                         image_sizes=image_sizes, batch_size=self.batch_size)
+                                         image_sizes=image_sizes, batch_size=self.batch_size,
+                                         compute_missing=compute_missing)  # fmt: skip
         raise LanguageSourceError(f"Unknown language source {self.source!r}; choose one of 'none', 'clip', 'folder'.")
 
 

@@ -26,10 +26,12 @@ the masks are recomputed and the file rewritten. The cache only ever writes or r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import warnings
 import zlib
@@ -186,6 +188,62 @@ def write_cache_file(path: Path, key: Dict[str, Any], blobs: List[bytes], shapes
     atomic_write(path, chunks())
 
 
+# --------------------------------------------------------------------------------------------------
+# per-image parts: what a computation in progress has finished
+# --------------------------------------------------------------------------------------------------
+
+PART_HEADER = struct.Struct("<4sIII")
+PART_MAGIC = b"SSMP"
+
+
+def parts_folder(path: Path) -> Path:
+    """Where the per-image parts of the cache file ``path`` are kept while it is being computed."""
+    return path.with_name(path.name + ".parts")
+
+
+def part_file(folder: Path, index: int) -> Path:
+    return Path(folder) / f"{index:06d}.part"
+
+
+def write_part(folder: Path, index: int, masks: np.ndarray) -> Tuple[int, int, int]:
+    """Image ``index``'s masks as one file, written atomically (by whichever process computed them)."""
+    m, h, w = (int(s) for s in masks.shape)
+    atomic_write(part_file(folder, index), [PART_HEADER.pack(PART_MAGIC, m, h, w), encode_masks(masks)])
+    return m, h, w
+
+
+def read_part(folder: Path, index: int, hw: Sequence[int]) -> Optional[Tuple[bytes, Tuple[int, int, int]]]:
+    """``(blob, shape)`` of a finished part, or None when it is missing or does not check out (then recomputed)."""
+    try:
+        data = part_file(folder, index).read_bytes()
+        magic, m, h, w = PART_HEADER.unpack_from(data)
+        blob = data[PART_HEADER.size :]
+        if magic != PART_MAGIC or [h, w] != [int(x) for x in hw]:
+            return None
+        check_blob(blob, (m, h, w))
+    except (OSError, struct.error, CacheCorruptError):
+        return None
+    return blob, (m, h, w)
+
+
+def image_masks(source: MaskSource, image: np.ndarray, image_path: Path, hw: Sequence[int]) -> np.ndarray:
+    """One image's masks from a source, checked: ``bool [M, H, W]`` (the same in every process that computes it)."""
+    masks = source.masks_for(image, image_path)
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks)
+    hw = tuple(int(s) for s in hw)
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != hw:
+        raise MaskSourceError(
+            f"Mask source {getattr(source, 'name', source)!r} returned masks of shape {tuple(masks.shape)} "
+            f"for {image_path}; expected [M, {hw[0]}, {hw[1]}].")
+    return masks.astype(bool, copy=False)
+
+
+ComputeMissing = Callable[[List[int], Path], None]
+"""Computes the masks of the given image indices and writes each as a part into the given folder."""
+
+
 def read_cache_header(path: Path) -> Tuple[Dict[str, Any], int]:
     """Header dict and the payload's start offset; raises :class:`CacheCorruptError`."""
     with open(path, "rb") as f:
@@ -297,6 +355,7 @@ class MaskCache:
         load_image: Callable[[int], np.ndarray],
         image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
         lazy: bool = False,
+        compute_missing: Optional[ComputeMissing] = None,
     ) -> Union[List[torch.Tensor], PackedMasks]:
         """Masks of every image, ``bool [M_i, H_i, W_i]``, from the cache when it is valid, else computed.
 
@@ -304,6 +363,11 @@ class MaskCache:
         ``image_sizes``: the (H, W) ``load_image`` will return, if known (spares loading every image just
         to build the key). ``lazy=True`` returns a :class:`PackedMasks` that keeps the masks compressed in
         memory and decodes one image per index (for datasets whose unpacked masks do not fit in RAM).
+
+        Computing writes each image's masks as a part beside the cache file (``<file>.parts/``) as soon as it is
+        done, and assembles the file from the parts at the end: an interrupted computation resumes where it
+        stopped. ``compute_missing(indices, folder)`` computes the parts elsewhere (e.g. on a Ray cluster,
+        ``segsplat extract``); by default they are computed here, one image after the other.
         """
         image_paths = [Path(p) for p in image_paths]
         if image_sizes is None:
@@ -315,16 +379,66 @@ class MaskCache:
 
         loaded = self._try_load(path, key, source)
         if loaded is None:
+            loaded = self._compute_by_parts(path, key, source, image_paths, load_image, image_sizes, compute_missing)
+        if loaded is None:  # the cache folder is not writable: everything in memory, recomputed next time
             blobs, shapes = self._compute(source, image_paths, load_image, image_sizes)
-            try:
-                write_cache_file(path, key, blobs, shapes)
-            except OSError as e:
-                warnings.warn(f"Could not write the mask cache {path} ({e}); continuing with the masks in memory, "
-                              f"they will be recomputed next time.", MaskCacheWarning, stacklevel=2)
         else:
             blobs, shapes = loaded
         packed = PackedMasks(blobs, shapes)
         return packed if lazy else [packed[i] for i in range(len(packed))]
+
+    def _compute_by_parts(self, path: Path, key: Dict[str, Any], source: MaskSource, image_paths: List[Path],
+                          load_image: Callable[[int], np.ndarray], image_sizes: Sequence[Tuple[int, int]],
+                          compute_missing: Optional[ComputeMissing]):  # fmt: skip
+        """Parts of the images not finished yet, then the cache file from all parts (written last, atomically), then
+        the parts removed. None when the cache folder cannot be written (the caller computes in memory)."""
+        folder = parts_folder(path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            warnings.warn(f"Could not write the mask cache {path} ({e}); continuing with the masks in memory, "
+                          f"they will be recomputed next time.", MaskCacheWarning, stacklevel=3)
+            return None
+        hws = [[int(x) for x in hw] for hw in image_sizes]
+        todo = [i for i in range(len(image_paths)) if read_part(folder, i, hws[i]) is None]
+        if todo and len(todo) < len(image_paths):
+            print(f"Masks: {len(image_paths) - len(todo)} of {len(image_paths)} images already computed in {folder}; "
+                  f"computing the other {len(todo)}", flush=True)
+        if todo:
+            try:
+                if compute_missing is None:
+                    self._compute_parts_here(source, image_paths, load_image, hws, todo, folder)
+                else:
+                    compute_missing(todo, folder)
+            except OSError as e:  # e.g. the disk is full: what is finished stays; the rest is done in memory
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+                warnings.warn(f"Could not write the mask cache {path} ({e}); continuing with the masks in memory, "
+                              f"they will be recomputed next time.", MaskCacheWarning, stacklevel=3)
+                return None
+        parts = [read_part(folder, i, hws[i]) for i in range(len(image_paths))]
+        missing = [str(image_paths[i]) for i, part in enumerate(parts) if part is None]
+        if missing:
+            raise MaskSourceError(f"masks of {len(missing)} image(s) were not computed (e.g. {missing[0]}); rerun: the "
+                                  f"{len(image_paths) - len(missing)} finished ones in {folder} are kept")
+        blobs = [part[0] for part in parts]  # type: ignore[index]
+        shapes = [part[1] for part in parts]  # type: ignore[index]
+        try:
+            write_cache_file(path, key, blobs, shapes)
+        except OSError as e:
+            warnings.warn(f"Could not write the mask cache {path} ({e}); the parts in {folder} are kept.",
+                          MaskCacheWarning, stacklevel=3)
+            return blobs, shapes
+        shutil.rmtree(folder, ignore_errors=True)
+        return blobs, shapes
+
+    @staticmethod
+    def _compute_parts_here(source: MaskSource, image_paths: List[Path], load_image: Callable[[int], np.ndarray],
+                            hws: Sequence[Sequence[int]], todo: List[int], folder: Path) -> None:  # fmt: skip
+        from tqdm.auto import tqdm
+
+        for i in tqdm(todo, desc=f"Masks ({getattr(source, 'name', 'source')})", unit="image"):
+            write_part(folder, i, image_masks(source, load_image(i), image_paths[i], hws[i]))
 
     def _try_load(self, path: Path, key: Dict[str, Any], source: MaskSource):
         try:
@@ -386,17 +500,7 @@ class MaskCache:
         blobs: List[bytes] = []
         shapes: List[Tuple[int, int, int]] = []
         for i in tqdm(range(len(image_paths)), desc=f"Masks ({getattr(source, 'name', 'source')})", unit="image"):
-            image = load_image(i)
-            masks = source.masks_for(image, image_paths[i])
-            if isinstance(masks, torch.Tensor):
-                masks = masks.detach().cpu().numpy()
-            masks = np.asarray(masks)
-            hw = tuple(int(s) for s in image_sizes[i])
-            if masks.ndim != 3 or tuple(masks.shape[1:]) != hw:
-                raise MaskSourceError(
-                    f"Mask source {getattr(source, 'name', source)!r} returned masks of shape {tuple(masks.shape)} "
-                    f"for {image_paths[i]}; expected [M, {hw[0]}, {hw[1]}].")
-            masks = masks.astype(bool, copy=False)
+            masks = image_masks(source, load_image(i), image_paths[i], image_sizes[i])
             blobs.append(encode_masks(masks))
-            shapes.append((int(masks.shape[0]), hw[0], hw[1]))
+            shapes.append(tuple(int(x) for x in masks.shape))
         return blobs, shapes
