@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from segsplat_ns.methods.lift import association, codes, features, labels
-from segsplat_ns.methods.lift.levels import nested_level_maps
+from segsplat_ns.methods.lift.levels import COARSER, nested_level_maps
 from segsplat_ns.methods.lift.weights import composite_weights, index_map_weights
 
 # Two Gaussians g0, g1; two views A, B of 1 x 2 pixels. W[view][pixel] = (w_g0, w_g1), the compositing weights.
@@ -107,8 +107,37 @@ def test_nested_level_maps_by_hand():
     maps, level = nested_level_maps(np.stack([sub, whole, part]))
     assert level.tolist() == [2, 0, 1]  # subpart, whole, part (0 = coarsest)
     assert (maps[0] == 1).all()  # the whole everywhere
-    assert (maps[1][:, :2] == 2).all() and (maps[1][:, 2:] == 1).all()  # the part; the whole where no part is
-    assert (maps[2][:2, :2] == 0).all() and (maps[2][2:, :2] == 2).all() and (maps[2][:, 2:] == 1).all()
+    # the part; where only the whole covers a pixel the view abstains at the finer levels
+    assert (maps[1][:, :2] == 2).all() and (maps[1][:, 2:] == COARSER).all()
+    assert (maps[2][:2, :2] == 0).all() and (maps[2][2:, :2] == 2).all() and (maps[2][:, 2:] == COARSER).all()
+    voting, _ = nested_level_maps(np.stack([sub, whole, part]), abstain=False)  # coarser-pixels vote
+    assert (voting[1][:, 2:] == 1).all() and (voting[2][:, 2:] == 1).all() and (voting[2][2:, :2] == 2).all()
+
+
+def test_a_part_poking_out_of_its_object_does_not_cut_the_whole_level():
+    # a jittered part whose edge leaves its object is not contained at 0.9, so it is a whole too: the whole
+    # level keeps the larger mask, the finer levels the part
+    whole = np.zeros((6, 6), bool)
+    whole[1:5, 1:5] = True
+    part = np.zeros((6, 6), bool)
+    part[0:3, 0:3] = True  # 9 pixels, 5 outside the object
+    maps, level = nested_level_maps(np.stack([part, whole]))
+    assert level.tolist() == [0, 0]
+    assert (maps[0][whole] == 1).all() and (maps[0][0, 0:3] == 0).all()  # only the part's own pixels
+    assert (maps[2][part & whole] == 0).all() and (maps[2][whole & ~part] == COARSER).all()
+    assert (maps[2][part & ~whole] == COARSER).all()  # there the part is the whole level's own mask
+
+
+def test_fine_levels_fall_back_to_the_coarser_label_per_gaussian():
+    # Gaussian 0: a part's mask in view 0; view 1 has only the whole there and abstains at the fine levels.
+    # Gaussian 1: only ever inside the whole (an object without parts) -> its fine label is the whole's.
+    from segsplat_ns.methods.lift.model import _without_abstentions
+    from segsplat_ns.methods.lift.weights import LevelWeights
+
+    w = LevelWeights(torch.tensor([0, 1, 0]), torch.tensor([0, 1, 1]), torch.tensor([0.5, 0.8, 0.3]))
+    kept, seen = _without_abstentions(w, 1, torch.tensor([0.9, 0.8]))
+    assert kept.rows.tolist() == [0] and kept.cols.tolist() == [0]
+    assert torch.allclose(seen, torch.tensor([0.6, 0.0]))  # 0.9 - 0.3; 0.8 - 0.8
 
 
 def test_codes_decode_the_vote():

@@ -40,8 +40,8 @@ from segsplat_ns.methods.common.scale_levels import (
     scale_bin,
 )
 from segsplat_ns.methods.lift import association, codes, features, labels
-from segsplat_ns.methods.lift.levels import NUM_LEVELS, nested_level_maps
-from segsplat_ns.methods.lift.weights import LevelEntries, index_map_weights
+from segsplat_ns.methods.lift.levels import COARSER, NUM_LEVELS, nested_level_maps
+from segsplat_ns.methods.lift.weights import LevelEntries, LevelWeights, index_map_weights
 
 __all__ = ["LiftModel", "LiftModelConfig"]
 
@@ -60,6 +60,8 @@ class LiftModelConfig(SegSplatModelConfig):
     """Stage one: splatfacto RGB steps (splatfacto's 30k); then one lifting pass."""
     association_threshold: float = 0.5
     """Jaccard index, over the Gaussians two views both see, at which their masks become one instance."""
+    coarser_pixels: Literal["abstain", "vote"] = "abstain"
+    """Finer levels where a view has only the whole's mask: abstain (no vote) or vote the whole there."""
     background_bias: float = 0.0
     """gamma of FlashSplat's vote: added to the background's normalised share (0: plain weighted majority)."""
     code_dim: int = 32
@@ -137,6 +139,7 @@ class LiftModel(SegSplatModel):
         """Render every training view once, accumulate the weights, associate, vote, average the CLIP features."""
         num, device, language = self.num_points, self.device, views.language
         total = torch.zeros(num, device=device)
+        level_total = torch.zeros(NUM_LEVELS, num, device=device)  # total minus the weight where views abstain
         seg = [LevelEntries() for _ in range(NUM_LEVELS)]
         lang = [LevelEntries() for _ in range(NUM_LEVELS)]
         view_labels: List[List[Tensor]] = [[] for _ in range(NUM_LEVELS)]
@@ -150,8 +153,10 @@ class LiftModel(SegSplatModel):
             if tuple(masks.shape[1:]) != size:
                 raise RuntimeError(f"training view {k}: masks are {masks.shape[1]}x{masks.shape[2]}, the camera renders "
                                    f"{size[0]}x{size[1]}: delete the mask cache and rerun")  # fmt: skip
-            maps, mask_level = nested_level_maps(masks)
-            all_maps, width = [torch.from_numpy(maps)], masks.shape[0]
+            maps, mask_level = nested_level_maps(masks, self.config.coarser_pixels == "abstain")
+            abstain = masks.shape[0]  # the extra column of "only a coarser mask here" (COARSER in the maps)
+            maps = np.where(maps == COARSER, abstain, maps)
+            all_maps, width = [torch.from_numpy(maps)], abstain + 1
             if language is not None:
                 record = language[k]
                 # the record's rows are s, m, l (fine to coarse): reversed, coarse first as the levels here
@@ -170,21 +175,26 @@ class LiftModel(SegSplatModel):
                                                     chunk=self.config.channel_chunk)  # fmt: skip
             total += view_total
             for c in range(NUM_LEVELS):
-                w = weights[c]
-                view_labels[c].append(labels.view_labels(w.rows, w.cols, w.values, view_total).cpu())
+                w, seen = _without_abstentions(weights[c], abstain, view_total)
+                level_total[c] += seen
+                view_labels[c].append(labels.view_labels(w.rows, w.cols, w.values, seen).cpu())
                 seg[c].add(w, masks.shape[0])
                 if language is not None:
                     lang[c].add(weights[NUM_LEVELS + c], lang_tables[-1].shape[0])
             mask_counts.append(masks.shape[0])
             scales.append(views.mask_scales[k].reshape(-1).cpu().double())
             levels.append(torch.from_numpy(mask_level))
-        total = total.cpu()
+        total, level_total = total.cpu(), level_total.cpu()
         level_labels, summary = [], []
         for c in range(NUM_LEVELS):
             ids = association.associate(view_labels[c], mask_counts, self.config.association_threshold)
             rows, cols, values = seg[c].concatenated()
             count = int(ids.max()) + 1 if ids.numel() else 0
-            voted = labels.instance_labels(rows, ids[cols], values, total, max(count, 1), self.config.background_bias)
+            voted = labels.instance_labels(rows, ids[cols], values, level_total[c], max(count, 1),
+                                           self.config.background_bias)  # fmt: skip
+            if c > 0:  # no instance of this level: the Gaussian keeps its coarser label (ids after this level's)
+                coarser = level_labels[-1]
+                voted = torch.where((voted < 0) & (coarser >= 0), coarser + max(count, 1), voted)
             level_labels.append(_rank_instances(voted))
             summary.append(f"{LEVEL_NAMES[c]} {count} masks' instances -> {int(level_labels[-1].max()) + 1} labelled")
         dtype = torch.int16 if max(int(x.max()) for x in level_labels) < torch.iinfo(torch.int16).max else torch.int32
@@ -309,6 +319,15 @@ class LiftModel(SegSplatModel):
         return TextScores(
             relevancy=values, selection=selection, facts={"level": where, "selected": int(selection.sum())}
         )
+
+
+def _without_abstentions(weights: LevelWeights, abstain: int, view_total: Tensor) -> "tuple[LevelWeights, Tensor]":
+    """One view's level weights without its abstention column, and each Gaussian's weight where the view does
+    vote at that level (``view_total`` minus the abstention weight)."""
+    out = weights.cols == abstain
+    seen = view_total.clone().index_add_(0, weights.rows[out], -weights.values[out]).clamp_min(0)
+    keep = ~out
+    return LevelWeights(weights.rows[keep], weights.cols[keep], weights.values[keep]), seen
 
 
 def _rank_instances(voted: Tensor) -> Tensor:
