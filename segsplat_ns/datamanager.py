@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
@@ -27,7 +28,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from segsplat_ns.errors import InputError
-from segsplat_ns.eval.ground_truth import GroundTruth, load_ground_truth
+from segsplat_ns.eval.ground_truth import GroundTruth, GroundTruthError, load_ground_truth
 from segsplat_ns.language.sources import LanguageSourceConfig
 from segsplat_ns.masks.cache import MaskCache
 from segsplat_ns.masks.sources import MaskSourceConfig
@@ -64,7 +65,8 @@ class SegSplatDataManager(FullImageDatamanager):
             # nerfstudio's "cpu" cache pins memory, which needs CUDA; its "gpu" cache means "on self.device"
             config.cache_images = "gpu"
         data = config.data if config.data is not None else config.dataparser.data
-        check_dataset(Path(data))
+        # test_mode "val" is ns-train's (and segsplat extract's); any other loads a saved run (ns-eval, ns-viewer, ...)
+        check_dataset(Path(data), run_command=None if test_mode == "val" else sys.argv)
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank, **kwargs)
         self.train_masks: Optional[Sequence[torch.Tensor]] = None
         self.train_language = None
@@ -95,7 +97,13 @@ class SegSplatDataManager(FullImageDatamanager):
         paths = [Path(p) for p in self.train_dataset.image_filenames]
         self.config.masks.check_available(self.data_dir, paths)
         check_writable_folder(self.mask_cache_dir, "--pipeline.datamanager.cache-dir")
-        self.eval_ground_truth()  # GroundTruthError names the file
+        try:
+            self.eval_ground_truth()  # GroundTruthError names the file
+        except GroundTruthError as error:
+            # ns-train's next step (ns-eval and segment skip the metrics with the bare line instead)
+            what = " ".join(str(error).split())  # one line
+            raise GroundTruthError(f"{what}: fix or regenerate it, or move {self.data_dir / 'gt'} aside to train "
+                                   "without segmentation metrics") from None
 
     def load_train_masks(self, compute_missing=None) -> Sequence[torch.Tensor]:
         """2D masks of every training image, from the cache or the mask source (slow for SAM: progress bar);
@@ -195,16 +203,18 @@ def dataset_root(data: Union[str, Path]) -> Path:
     return data.parent if data.suffix.lower() == ".json" else data
 
 
-def check_dataset(data: Path) -> None:
+def check_dataset(data: Path, run_command: Optional[Sequence[str]] = None) -> None:
     """One clear line (naming ns-process-data) instead of the dataparser's traceback for a missing folder, a folder
-    without transforms.json, a malformed transforms.json or one listing missing images."""
+    without transforms.json, a malformed transforms.json or one listing missing images. ``run_command``: the
+    command line of a command that loads a saved run (ns-eval, ...), whose missing dataset needs another fix."""
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(
-            f"Dataset folder {data} does not exist. ns-train: pass --data <folder with transforms.json>, e.g. one "
-            "made by `segsplat make-scene --output data/synthetic`. ns-eval / ns-viewer: a run's relative --data is "
-            "read from the folder ns-train ran in: run them from there (segsplat commands find it themselves)."
-        )
+        if run_command is not None:
+            from segsplat_ns.runs import missing_dataset_message
+
+            raise FileNotFoundError(missing_dataset_message(data, run_command))
+        raise FileNotFoundError(f"Dataset folder {data} does not exist: pass --data <folder with transforms.json>, "
+                                "e.g. one made by `segsplat make-scene --output data/synthetic`.")
     transforms = data if data.is_file() else data / "transforms.json"
     if data.is_file() and data.suffix.lower() != ".json":
         raise InputError(f"--data {data} is a file, not a dataset: pass the folder holding transforms.json")

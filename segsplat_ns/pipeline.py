@@ -141,6 +141,10 @@ class SegSplatPipeline(VanillaPipeline):
         trainer = getattr(self, "_trainer", None)
         if trainer is None or step <= 0 or self.model.config.init_from is not None:
             return
+        if step != self.model.feature_start_step or step <= getattr(trainer, "_start_step", 0):
+            # not the switch from an RGB stage trained here (--load-dir resumed at or past it): the checkpoint it
+            # resumed from is all there is, and past the switch it holds the feature stage, not the RGB stage
+            return
         try:
             trainer.save_checkpoint(step - 1)
         except (OSError, RuntimeError) as error:
@@ -151,13 +155,21 @@ class SegSplatPipeline(VanillaPipeline):
 
     def get_train_loss_dict(self, step: int):
         if self.model.in_feature_stage and not self.datamanager.masks_ready:
+            self.begin_feature_stage(step)
+        return super().get_train_loss_dict(step)
+
+    def begin_feature_stage(self, step: int) -> None:
+        """Prepare masks and scales: at the stage switch (after saving the RGB stage), or on the first step of a
+        --load-dir resume inside the feature stage (nothing to save then: the run resumed from that checkpoint)."""
+        if step == self.model.feature_start_step:
             self.checkpoint_rgb_stage(step)
             self._feature_stage_started = time.perf_counter()
-            try:
-                self.prepare_feature_stage()
-            except user_error_types() as error:
-                raise SystemExit(f"error: {error}") from None
-        return super().get_train_loss_dict(step)
+        else:  # this process does not see the whole feature stage: no stage_seconds.json (write_stage_seconds)
+            CONSOLE.log(f"Resumed in the feature stage (step {step}): preparing its masks and 3D scales again")
+        try:
+            self.prepare_feature_stage()
+        except user_error_types() as error:
+            raise SystemExit(f"error: {error}") from None
 
     def prepare_feature_stage(self) -> None:
         """Extract (or load cached) 2D masks (and CLIP features, with a language source) and measure each mask's 3D

@@ -174,6 +174,21 @@ def test_segment_output_checked_before_the_load(tmp_path, monkeypatch, case):
         segment.run_segment(segment_args(tmp_path, output=outputs[case]))
 
 
+def test_segment_without_eval_views_suggests_split_train(tmp_path):
+    import typing
+
+    from segsplat_ns.commands.segment import Segment, chosen_camera
+
+    assert "train" in typing.get_args(typing.get_type_hints(Segment)["split"])  # the --split train it suggests
+    manager = SimpleNamespace(eval_dataset=SimpleNamespace(cameras=[]), data_dir=Path("data/scene"),
+                              train_dataset=SimpleNamespace(cameras=[0, 1, 2]))
+    with pytest.raises(SegsplatError, match=r"data/scene has no eval views: pass --split train .*--camera 0\.\.2"):
+        chosen_camera(segment_args(tmp_path), manager)
+    assert chosen_camera(segment_args(tmp_path, split="train", camera=2), manager) == [2]
+    with pytest.raises(SegsplatError, match=r"--camera 3 is out of range: the train split has 3 cameras \(0\.\.2\)"):
+        chosen_camera(segment_args(tmp_path, split="train", camera=3), manager)
+
+
 def test_segment_help_names_the_real_default_output(tmp_path):
     from segsplat_ns.commands.segment import Segment, click_output
 
@@ -262,6 +277,34 @@ def test_malformed_ground_truth_names_the_file(tmp_path, case):
     assert ("meta.json" if case == "truncated_meta" else "frame_00000.png") in str(error.value)
 
 
+@pytest.mark.parametrize("case", ["truncated_meta", "missing_png"])
+def test_malformed_ground_truth_at_ns_train_start_up_names_the_fix(tmp_path, case):
+    from segsplat_ns.datamanager import SegSplatDataManager, SegSplatDataManagerConfig
+    from segsplat_ns.eval.ground_truth import GroundTruthError
+    from segsplat_ns.masks.sources import MaskSourceConfig
+
+    data = tiny_dataset(tmp_path / "scene")
+    config = SegSplatDataManagerConfig(masks=MaskSourceConfig(source="folder"), cache_dir=tmp_path / "cache")
+    config.dataparser.data = data
+    manager = SegSplatDataManager.__new__(SegSplatDataManager)
+    torch.nn.Module.__init__(manager)
+    manager.__dict__.update(config=config, train_dataset=SimpleNamespace(image_filenames=image_paths(data)),
+                            eval_dataset=SimpleNamespace(image_filenames=image_paths(data)),
+                            cached_eval=[{"image": torch.zeros(16, 16, 3)}] * 3, _eval_ground_truth=None,
+                            _eval_ground_truth_loaded=False)  # fmt: skip
+    manager.check_feature_inputs()  # good ground truth: no error
+    manager._eval_ground_truth_loaded = False
+    if case == "truncated_meta":
+        (data / "gt" / "meta.json").write_text('{"objects": [')
+    else:
+        (data / "gt" / "objects" / "frame_00001.png").unlink()
+    with pytest.raises(GroundTruthError) as error:
+        manager.check_feature_inputs()
+    message = str(error.value)
+    assert ("meta.json" if case == "truncated_meta" else "frame_00001.png") in message and "\n" not in message
+    assert f"fix or regenerate it, or move {data / 'gt'} aside to train without segmentation metrics" in message
+
+
 def test_ns_eval_keeps_image_metrics_when_ground_truth_is_malformed(monkeypatch, capsys):
     from nerfstudio.pipelines.base_pipeline import VanillaPipeline
 
@@ -308,9 +351,59 @@ def test_init_from_garbage_checkpoint_is_one_line(tmp_path, content):
 
     ckpt = tmp_path / "garbage.ckpt"
     ckpt.write_bytes(content)
-    with pytest.raises(InputError, match="--pipeline.model.init-from") as error:
+    with pytest.raises(InputError, match="--pipeline.model.init-from .*not a PyTorch checkpoint") as error:
         load_splatfacto_gaussians(ckpt)
     assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_init_from_random_bytes_is_not_a_pytorch_checkpoint(tmp_path):
+    """Random bytes (raw, zip-headed) and cut checkpoints: the unpickler raises IndexError, KeyError, EOFError,
+    struct.error, UnicodeDecodeError, ... on them, the zip reader RuntimeError or OSError; one wording for all."""
+    import random
+    import re
+
+    from segsplat_ns.compat.splatfacto import load_splatfacto_gaussians
+
+    ckpt = tmp_path / "garbage.ckpt"
+    torch.save({"pipeline": {"gauss_params.means": torch.zeros(1000, 3)}}, ckpt)
+    real = ckpt.read_bytes()
+    contents = [real[:cut] for cut in (len(real) // 2, len(real) - 10, 60)]  # cut short (-10: OSError EINVAL)
+    for seed in range(300):
+        rng = random.Random(seed)
+        data = rng.randbytes(rng.randint(1, 64))
+        contents += [data, b"PK\x03\x04" + data]
+    kinds = set()
+    for content in contents:
+        ckpt.write_bytes(content)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of the unusual pickle protocols random bytes name
+            with pytest.raises(InputError) as error:
+                load_splatfacto_gaussians(ckpt)
+        message = str(error.value)
+        assert "not a PyTorch checkpoint" in message and "\n" not in message, message
+        kinds.add(re.search(r"another kind of file: ([\w.]+)", message).group(1))
+    assert {"IndexError", "KeyError", "EOFError", "UnicodeDecodeError", "struct.error", "OSError"} <= kinds
+
+
+@pytest.mark.parametrize(
+    "error, damaged",
+    [
+        (IndexError("pop from empty list"), True),
+        (EOFError(), True),
+        (UnicodeDecodeError("utf-8", b"\xfe", 0, 1, "invalid start byte"), True),
+        (__import__("struct").error("unpack requires a buffer of 4 bytes"), True),
+        (ValueError("negative argument"), True),
+        (__import__("pickle").UnpicklingError("invalid load key, 'h'."), True),
+        (RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory"), True),
+        (OSError(22, "Invalid argument"), True),
+        (FileNotFoundError(2, "No such file or directory", "x.ckpt"), False),
+        (PermissionError(13, "Permission denied", "x.ckpt"), False),
+    ],
+)
+def test_load_error_summary_tells_damaged_bytes_from_file_access(error, damaged):
+    from segsplat_ns.compat.nerfstudio import load_error_summary
+
+    assert load_error_summary(error).startswith("not a PyTorch checkpoint") == damaged
 
 
 def test_permission_errors_print_one_line(capsys):
@@ -468,7 +561,7 @@ def test_rgb_stage_is_saved_before_the_feature_stage():
     saved = []
     pipeline = SegSplatPipeline.__new__(SegSplatPipeline)
     torch.nn.Module.__init__(pipeline)
-    pipeline.__dict__["_model"] = SimpleNamespace(config=SimpleNamespace(init_from=None))
+    pipeline.__dict__["_model"] = SimpleNamespace(config=SimpleNamespace(init_from=None), feature_start_step=3000)
     pipeline.__dict__["_trainer"] = SimpleNamespace(save_checkpoint=saved.append, checkpoint_dir=Path("ckpts"))
     pipeline.checkpoint_rgb_stage(3000)
     assert saved == [2999]  # --load-dir resumes at step 3000: the stage switch
@@ -480,6 +573,35 @@ def test_rgb_stage_is_saved_before_the_feature_stage():
     pipeline.checkpoint_rgb_stage(3000)  # a failed save does not stop training
 
 
+@pytest.mark.parametrize(
+    "start_step, step, saved_steps, message",
+    [
+        (0, 3000, [2999], "RGB stage saved (step 2999)"),  # the switch, after an RGB stage trained here
+        (3000, 3000, [], None),  # --load-dir of the RGB stage's checkpoint: that checkpoint is all there is
+        (5001, 5001, [], "Resumed in the feature stage (step 5001)"),  # --load-dir past the switch
+    ],
+)
+def test_rgb_stage_saved_only_when_this_process_trained_it(monkeypatch, capsys, start_step, step, saved_steps,
+                                                          message):
+    from segsplat_ns.pipeline import SegSplatPipeline
+
+    saved = []
+    monkeypatch.setattr(SegSplatPipeline, "prepare_feature_stage", lambda self: None)
+    pipeline = SegSplatPipeline.__new__(SegSplatPipeline)
+    torch.nn.Module.__init__(pipeline)
+    pipeline.__dict__["_model"] = SimpleNamespace(config=SimpleNamespace(init_from=None), feature_start_step=3000)
+    pipeline.__dict__["_trainer"] = SimpleNamespace(save_checkpoint=saved.append, checkpoint_dir=Path("ckpts"),
+                                                    _start_step=start_step)
+    pipeline.begin_feature_stage(step)
+    out = " ".join(capsys.readouterr().out.split())
+    assert saved == saved_steps
+    assert "RGB stage saved" not in out if message is None else message in out
+    if step != 3000:
+        assert "RGB stage" not in out  # a feature-stage checkpoint is never called the RGB stage
+    # stage_seconds.json times a whole feature stage only
+    assert ("_feature_stage_started" in pipeline.__dict__) == (step == 3000)
+
+
 def test_error_lines_have_no_colour_codes_when_redirected(capsys):
     def command():
         raise SegsplatError("bad")
@@ -488,11 +610,43 @@ def test_error_lines_have_no_colour_codes_when_redirected(capsys):
     assert capsys.readouterr().err == "error: bad\n"
 
 
-def test_missing_dataset_message_fits_ns_eval_too(tmp_path):
+def test_missing_dataset_message_of_ns_train_names_data(tmp_path):
     from segsplat_ns.datamanager import check_dataset
 
-    with pytest.raises(FileNotFoundError, match="ns-eval / ns-viewer: .* run them from there"):
+    with pytest.raises(FileNotFoundError, match="does not exist: pass --data") as error:
         check_dataset(tmp_path / "data" / "scene")
+    assert "ns-eval" not in str(error.value)
+
+
+def test_ns_eval_from_another_folder_names_the_folder_to_run_it_from(tmp_path, monkeypatch):
+    """ns-eval (nerfstudio's loader) reads a run's relative --data and checkpoints from the current folder."""
+    import sys
+
+    import yaml
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    from segsplat_ns.datamanager import SegSplatDataManager, SegSplatDataManagerConfig
+
+    trained_in = tmp_path / "project"
+    tiny_dataset(trained_in / "data" / "scene")
+    run_dir = trained_in / "outputs" / "scene" / "saga" / "t"
+    run_dir.mkdir(parents=True)
+    run = TrainerConfig(method_name="saga", experiment_name="scene", timestamp="t", output_dir=Path("outputs"))
+    (run_dir / "config.yml").write_text(yaml.dump(run))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ns-eval", "--load-config", str(run_dir / "config.yml")])
+    config = SegSplatDataManagerConfig()
+    config.dataparser.data = Path("data/scene")
+    with pytest.raises(FileNotFoundError) as error:
+        SegSplatDataManager(config, test_mode="test")
+    message = str(error.value)
+    assert f"run ns-eval from there (cd {trained_in})" in message and "\n" not in message
+    assert "ns-train:" not in message and "pass --data" not in message
+    shutil.rmtree(trained_in / "data")
+    with pytest.raises(FileNotFoundError, match=f"neither here nor in {trained_in} .*edit 'data:'.*run ns-eval from"):
+        SegSplatDataManager(config, test_mode="test")
 
 
 def test_ns_eval_without_eval_views_names_the_fix():

@@ -109,6 +109,18 @@ def check_output(output: Path, overwrite: bool, extra: Tuple[Path, ...] = ()) ->
                             "--output in a folder you can write to")
 
 
+def chosen_camera(args: Segment, datamanager):
+    """The camera --split and --camera name, as a one-camera batch; one line where there is none."""
+    cameras = (datamanager.eval_dataset if args.split == "eval" else datamanager.train_dataset).cameras
+    if len(cameras) == 0 and args.split == "eval":
+        raise SegsplatError(f"this run's dataset {datamanager.data_dir} has no eval views: pass --split train to use "
+                            f"a training view (--camera 0..{len(datamanager.train_dataset.cameras) - 1})")
+    if not 0 <= args.camera < len(cameras):
+        raise SegsplatError(f"--camera {args.camera} is out of range: the {args.split} split has {len(cameras)} "
+                            f"cameras (0..{len(cameras) - 1})")
+    return cameras[args.camera : args.camera + 1]
+
+
 def ground_truth_or_none(datamanager):
     """The eval ground truth, or None with a line saying why IoU is not computed (missing or malformed: the
     selection written stays valid, so the command still succeeds)."""
@@ -145,11 +157,7 @@ def run_segment(args: Segment) -> int:
     _, pipeline, checkpoint, _ = load_run(args.load_config)
     model = pipeline.model
     datamanager = pipeline.datamanager
-    dataset = datamanager.eval_dataset if args.split == "eval" else datamanager.train_dataset
-    cameras = dataset.cameras
-    if not 0 <= args.camera < len(cameras):
-        raise SegsplatError(f"--camera {args.camera} is out of range: the {args.split} split has {len(cameras)} cameras (0..{len(cameras) - 1})")
-    camera = cameras[args.camera : args.camera + 1].to(model.device)
+    camera = chosen_camera(args, datamanager).to(model.device)
     segmenter = Segmenter(model, threshold=args.threshold)
     scale = args.scale
     if args.level is not None:
@@ -197,10 +205,7 @@ def run_text_segment(args: Segment) -> int:
     if selection.empty:
         print(f"Nothing selected: {selection.message}. No files written.")
         return 1
-    dataset = pipeline.datamanager.eval_dataset if args.split == "eval" else pipeline.datamanager.train_dataset
-    if not 0 <= args.camera < len(dataset.cameras):
-        raise SegsplatError(f"--camera {args.camera} is out of range: the {args.split} split has {len(dataset.cameras)} cameras")
-    camera = dataset.cameras[args.camera : args.camera + 1].to(model.device)
+    camera = chosen_camera(args, pipeline.datamanager).to(model.device)
     run_dir = Path(args.load_config).resolve().parent
     slug = "".join(c if c.isalnum() else "_" for c in selection.phrase)[:40]
     output = args.output or run_dir / "segments" / f"text_{slug}.ply"

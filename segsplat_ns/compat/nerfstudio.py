@@ -6,6 +6,10 @@ edited.
 
 from __future__ import annotations
 
+import errno
+import pickle
+import re
+import struct
 import warnings
 
 import numpy as np
@@ -94,14 +98,48 @@ def make_lpips() -> "torch.nn.Module | LpipsUnavailable":
 def load_error_summary(error: BaseException) -> str:
     """One line for why ``torch.load`` refused a file (not torch's advice to retry with ``weights_only=False``)."""
     text = str(error)
-    if "WeightsUnpickler error:" in text:
+    disallowed = _disallowed_pickle_content(text)
+    if disallowed:  # a real pickle, holding something outside torch's safe list
+        return f"not a checkpoint torch can load safely ({disallowed})"
+    if "WeightsUnpickler error:" in text:  # e.g. "Unsupported operand 194": bytes that are no pickle at all
         detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-        detail = " ".join(detail.split())
-        return f"not a checkpoint torch can load safely ({detail or type(error).__name__})"
-    if isinstance(error, KeyError) or "invalid load key" in text or "PytorchStreamReader" in text:
-        return f"not a PyTorch checkpoint (damaged, truncated or another kind of file: {type(error).__name__} {text[:80]})"
+        return _not_a_checkpoint(" ".join(detail.split()) or type(error).__name__)
+    if _is_decoding_error(error, text):
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        kind = type(error)
+        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.lstrip('_')}.{kind.__name__}"
+        return _not_a_checkpoint(f"{name} {first[:80]}".strip())
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return f"{type(error).__name__}: {first[:200]}"
+
+
+def _not_a_checkpoint(detail: str) -> str:
+    return f"not a PyTorch checkpoint (damaged, truncated or another kind of file: {detail})"
+
+
+def _disallowed_pickle_content(text: str) -> str:
+    """torch's reason when a well-formed pickle names a class or module it will not load safely, else "".
+
+    Random bytes can also read as a GLOBAL opcode, but its "name" is then no dotted identifier (e.g. ``.``)."""
+    for pattern in (r"Unsupported global: GLOBAL (\S+) was not an allowed global by default\.",
+                    r"Trying to load unsupported GLOBAL (\S+) whose module \S+ is blocked\."):
+        found = re.search(pattern, text)
+        if found and all(part.isidentifier() for part in found.group(1).split(".")):
+            return found.group(0)
+    found = re.search(r"(?:\S+ and )?\S+ must be imported to load [^\n]*", text)
+    return found.group(0).strip() if found else ""
+
+
+def _is_decoding_error(error: BaseException, text: str) -> bool:
+    """Whether ``torch.load`` failed on the file's bytes (not on its access): its unpickler raises these on bytes
+    that are no pickle (IndexError "pop from empty list", EOFError, struct.error, ...), its zip reader these."""
+    if isinstance(error, (pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, TypeError,
+                          OverflowError, struct.error)):
+        return True
+    if isinstance(error, OSError):
+        return error.errno == errno.EINVAL  # a damaged zip archive; not a missing or unreadable file
+    markers = ("PytorchStreamReader", "inline_container", "corrupt", "magic number", "unexpected EOF")
+    return isinstance(error, RuntimeError) and any(marker in text for marker in markers)
 
 
 def safe_torch_load(path, mmap: bool = False):
