@@ -210,7 +210,7 @@ def check_dataset(data: Path, run_command: Optional[Sequence[str]] = None) -> No
     data = Path(data)
     if not data.exists():
         if run_command is not None:
-            from segsplat_ns.runs import missing_dataset_message
+            from segsplat_ns.run_paths import missing_dataset_message
 
             raise FileNotFoundError(missing_dataset_message(data, run_command))
         raise FileNotFoundError(f"Dataset folder {data} does not exist: pass --data <folder with transforms.json>, "
