@@ -9,7 +9,8 @@
 - ``finish_training``: what a method computes from the trained model and the training views after the last
   step, before the final checkpoint;
 - ``init_from``: start from an existing splatfacto run and skip stage one;
-- ``render_features``: any per-Gaussian vectors alpha-composited through the frozen geometry.
+- ``render_features``: any per-Gaussian vectors alpha-composited through the frozen geometry;
+  ``render_pixels``: the same at a few pixels only (what a click reads), with the projection kept per camera.
 
 The CPU-safe splatfacto underneath is :class:`segsplat_ns.compat.splatfacto.CpuSplatfactoModel`; the inference
 hooks a method supplies are declared by :class:`segsplat_ns.contract.MethodContract`. A method subclass adds only
@@ -66,6 +67,7 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
     # ---- construction -------------------------------------------------------------------------------
     def populate_modules(self) -> None:
         self._loaded_gaussians: Optional[Dict[str, torch.Tensor]] = None
+        self._pixel_state: Optional[tuple] = None  # what render_pixels' kept geometry and projections belong to
         if self.config.init_from is not None:
             self._loaded_gaussians = load_splatfacto_gaussians(self.config.init_from)
             self.config.sh_degree = sh_degree_of(self._loaded_gaussians)
@@ -167,6 +169,28 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
             colors, viewmat, K, width, height, geometry, render_mode="RGB", sh_degree=None, backgrounds=backgrounds
         )
         return render[0], alpha[0]
+
+    @torch.no_grad()
+    def render_pixels(self, colors: torch.Tensor, camera: Cameras, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`render_features` gives at pixels [P, 2] (x, y), computed for those pixels only:
+        ([P, C], [P, 1]) (:func:`~segsplat_ns.rendering.pixel_query.render_pixels`; inference, no gradients).
+
+        The activated geometry is kept while the Gaussians stay, and the projection per camera cell, so a second
+        click in the same view reads only the Gaussians near it."""
+        from segsplat_ns.rendering.pixel_query import PixelCache, render_pixels
+
+        viewmat, K, width, height = self.camera_setup(camera, 1)
+        state = tuple((p.data_ptr(), p._version, p.shape[0]) for p in (self.gauss_params[k] for k in GEOMETRY_KEYS))
+        if self._pixel_state != state:
+            self._pixel_state = state
+            self._pixel_geometry = self.geometry(None, detach=True)
+            self._pixel_cache = PixelCache()
+        geometry = self._pixel_geometry
+        return render_pixels(
+            geometry["means"], geometry["quats"], geometry["scales"], geometry["opacities"], colors.detach(),
+            viewmat[0], K[0], width, height, pixels.to(self.device), near_plane=0.01, far_plane=1e10,
+            rasterize_mode=self.config.rasterize_mode, cache=self._pixel_cache,
+        )  # fmt: skip
 
     @torch.no_grad()
     def project_centres(self, camera: Cameras) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ Hooks, by who calls them:
 ``granularity``            property: a continuous scale in [0, 1] or L discrete levels
 ``score_kind``             class attribute: "affinity" (float scores, thresholded) or "selection" (bool)
 ``wording``                class attribute: the method's user-facing phrases (:class:`Wording`)
-``prompt_query``           click pixels of a rendered feature map -> queries (segmenter)
+``prompt_query``           the rendered features at click pixels -> queries (segmenter)
 ``gaussian_scores``        queries -> every Gaussian's score (segmenter; the per-Gaussian cost of a click)
 ``scale_for_level``        a level -> a scale inside its range (levels only; viewer, CLI)
 ``labels_at_scale``        every Gaussian's discrete label, or None to cluster ``decomposition_features``
@@ -167,8 +167,9 @@ class MethodContract:
         return CONTINUOUS_SCALE
 
     # ---- inference --------------------------------------------------------------------------------------
-    def prompt_query(self, feature_map: torch.Tensor, pixels: torch.Tensor, scale: float) -> torch.Tensor:
-        """Queries for click pixels [K, 2] (x, y) of a rendered feature map [H, W, C] at a scale: [K, ...]."""
+    def prompt_query(self, rendered: torch.Tensor, scale: float) -> torch.Tensor:
+        """Queries at a scale from the rendered features at the clicked pixels [K, C] (``feature_colors``
+        composited there, :meth:`render_pixels`): [K, ...]."""
         raise NotSupported(f"{type(self).__name__} does not answer click prompts")
 
     def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The one inference API shared by the viewer, the CLI and the evaluation: prompt in, mask out.
 
 Method-agnostic: it reads the model only through :class:`~segsplat_ns.contract.MethodContract`. It renders the
-clicked view's feature map, turns click pixels into queries (``prompt_query``), scores every Gaussian
-(``gaussian_scores``) and thresholds ("affinity" scores) or takes the scores as the selection ("selection"
-scores). 2D masks are the selected Gaussians rendered through the scene's geometry, so they are the 3D selection
+method's features at the clicked pixels only (``render_pixels``), turns them into queries (``prompt_query``),
+scores every Gaussian (``gaussian_scores``) and thresholds ("affinity" scores) or takes the scores as the
+selection ("selection" scores). 2D masks are the selected Gaussians rendered through the scene's geometry, so they are the 3D selection
 seen from any camera.
 
 Text prompts (:meth:`Segmenter.text`) need a :class:`~segsplat_ns.language.context.LanguageContext` (the text
@@ -173,16 +173,17 @@ class Segmenter:
         empty = torch.zeros(self.num_gaussians, dtype=torch.bool, device=self.model.device)
         if positive.shape[0] == 0:
             return Selection(empty, message="no click yet: click on an object to select it")
-        feature_map, alpha = self.model.render_features(self.model.feature_colors(), camera)
-        on_object = alpha[positive[:, 1], positive[:, 0], 0] >= self.background_alpha
+        # only the clicked pixels are rendered (the model keeps the projection for further clicks in this view)
+        rendered, alpha = self.model.render_pixels(self.model.feature_colors(), camera, torch.cat([positive, negative]))
+        count = positive.shape[0]
+        on_object = alpha[:count, 0] >= self.background_alpha
         if not bool(on_object.any()):
             x, y = positive[0].tolist()
             return Selection(empty, message=f"click ({x}, {y}) is on empty background: nothing there to select")
-        positive = positive[on_object]
-        scores = self.select_scores(self.model.prompt_query(feature_map, positive, scale), scale, threshold)
+        scores = self.select_scores(self.model.prompt_query(rendered[:count][on_object], scale), scale, threshold)
         mask = self.passes(scores, threshold).clone()
         if negative.shape[0] > 0:
-            negative_scores = self.select_scores(self.model.prompt_query(feature_map, negative, scale), scale, threshold)
+            negative_scores = self.select_scores(self.model.prompt_query(rendered[count:], scale), scale, threshold)
             mask &= ~self.passes(negative_scores, threshold)
         message = None if bool(mask.any()) else self.nothing_selected(threshold)
         return Selection(mask, scores, message)

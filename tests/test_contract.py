@@ -76,6 +76,25 @@ def test_click_selects_the_clicked_object(loaded):
     assert empty.empty and "background" in empty.message
 
 
+def test_a_click_renders_exactly_what_the_full_render_shows_at_its_pixels(loaded):
+    """The click path renders the method's features at the clicked pixels only; at every pixel of a view (and
+    again from the model's kept projection) they equal the full render's, bit for bit on CPU."""
+    name, _, pipeline = loaded
+    model = pipeline.model
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1].to(model.device)
+    colors = model.feature_colors()
+    with torch.no_grad():
+        full, full_alpha = model.render_features(colors, camera)
+    height, width = full.shape[:2]
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pixels = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+    for _ in range(2):  # the second time from the kept projection
+        rendered, alpha = model.render_pixels(colors, camera, pixels)
+        assert torch.equal(rendered, full.reshape(-1, full.shape[-1])), name
+        assert torch.equal(alpha, full_alpha.reshape(-1, 1)), name
+    assert float(full_alpha.max()) > 0.9  # the view shows the scene
+
+
 def test_granularity_is_answered_or_refused_clearly(loaded):
     from segsplat_ns.segmenter import Segmenter
 

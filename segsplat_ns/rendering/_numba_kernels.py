@@ -18,8 +18,17 @@ Gaussian afterwards by the caller. Arithmetic runs in float64 (the reference's t
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    # every numba kernel of the project imports this module first. numba tries TBB first and warns on every
+    # command when the TBB it finds is too old; OpenMP (what it falls back to) first, then numba's own workqueue,
+    # keeps the same layer without the probe
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999

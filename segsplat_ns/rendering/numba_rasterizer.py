@@ -14,11 +14,9 @@ loop directly, and ``cache=True`` keeps the compiled kernels between runs (docs/
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Dict, Optional, Tuple
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -27,11 +25,6 @@ from segsplat_ns.rendering import _numba_kernels as kernels
 from segsplat_ns.rendering.projection import finish_render, gsplat_info, isect_keys, prepare, tile_boxes
 
 __all__ = ["rasterize_numba", "last_pair_count"]
-
-if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
-    # numba tries TBB first and warns on every command when the TBB it finds is too old; OpenMP (what it falls
-    # back to) first, then numba's own workqueue, keeps the same layer without the probe
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 
 _LAST_PAIRS = [0]
 # numba's default threading layer (workqueue) must not be entered from two Python threads at once; the viewer

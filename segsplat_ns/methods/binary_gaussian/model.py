@@ -393,10 +393,9 @@ class BinaryGaussianModel(SegSplatModel):
         return level_of_bins(self.level_scale_hist, self.level_scale_sum, self.level_scale_count)
 
     @torch.no_grad()
-    def prompt_query(self, feature_map: Tensor, pixels: Tensor, scale: float) -> Tensor:
-        """Class_p^l of the clicked pixels [K, 2] (x, y): the rendered code binarised (Eq. 3), its level prefix."""
+    def prompt_query(self, rendered: Tensor, scale: float) -> Tensor:
+        """Class_p^l of the clicked pixels (their rendered codes [K, B]): binarised (Eq. 3), the level prefix."""
         level = self.level_for_scale(scale)
-        rendered = feature_map[pixels[:, 1], pixels[:, 0]]
         query = code_prefix(pack_codes(rendered > 0.5), prefix_bits(self.widths, level))
         if self.config.snap_query:
             query = self._cached(("stored", level), lambda: stored_prefixes(self.gaussian_codes(), self.widths, level)).lookup(query)

@@ -173,12 +173,10 @@ class GagsModel(SegSplatModel):
             self._decoded_key = key
         return self._decoded
 
-    def prompt_query(self, feature_map: torch.Tensor, pixels: torch.Tensor, scale: float) -> torch.Tensor:
+    def prompt_query(self, rendered: torch.Tensor, scale: float) -> torch.Tensor:
         """The decoded feature at each clicked pixel [K, D] (the scale is not used: the decoder picks the
         granularity of what it renders)."""
-        x = pixels[:, 0].long().clamp(0, feature_map.shape[1] - 1)
-        y = pixels[:, 1].long().clamp(0, feature_map.shape[0] - 1)
-        return self.feature_decoder(feature_map[y, x].float())
+        return self.feature_decoder(rendered.float())
 
     def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
         decoded = self.decoded_gaussian_features().float()

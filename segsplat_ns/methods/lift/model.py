@@ -271,12 +271,10 @@ class LiftModel(SegSplatModel):
         return self._memo.get(self._state(), "confidence", compute)
 
     @torch.no_grad()
-    def prompt_query(self, feature_map: Tensor, pixels: Tensor, scale: float) -> Tensor:
+    def prompt_query(self, rendered: Tensor, scale: float) -> Tensor:
         """The instance under each clicked pixel [K] at the scale's level (-1: background)."""
         level, dim = self.level_for_scale(scale), self.config.code_dim
-        x = pixels[:, 0].long().clamp(0, feature_map.shape[1] - 1)
-        y = pixels[:, 1].long().clamp(0, feature_map.shape[0] - 1)
-        return codes.decode(feature_map[y, x, level * dim : (level + 1) * dim], self.level_codes(level))
+        return codes.decode(rendered[:, level * dim : (level + 1) * dim], self.level_codes(level))
 
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:

@@ -188,11 +188,9 @@ class ProtoSagaModel(SegSplatModel):
         return (ids.data_ptr(), ids._version, ids.shape[0], self.prototypes.data_ptr(), self.prototypes._version)
 
     @torch.no_grad()
-    def prompt_query(self, feature_map: Tensor, pixels: Tensor, scale: float) -> Tensor:
-        """Eq. 19 at the clicked pixels: their instance ids [K]."""
-        x = pixels[:, 0].long().clamp(0, feature_map.shape[1] - 1)
-        y = pixels[:, 1].long().clamp(0, feature_map.shape[0] - 1)
-        return prototypes.classify(feature_map[y, x], self.prototypes)
+    def prompt_query(self, rendered: Tensor, scale: float) -> Tensor:
+        """Eq. 19 at the clicked pixels (their rendered embeddings [K, C]): their instance ids [K]."""
+        return prototypes.classify(rendered, self.prototypes)
 
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:

@@ -159,9 +159,8 @@ class SagaModel(SegSplatModel):
         return self._cached(f"gated@{scale:.6f}", compute)
 
     @torch.no_grad()
-    def prompt_query(self, feature_map: torch.Tensor, pixels: torch.Tensor, scale: float) -> torch.Tensor:
-        """Gated, normalised query features at click pixels [K, 2] (x, y) of a rendered feature map: [K, D]."""
-        rendered = feature_map[pixels[:, 1], pixels[:, 0]]
+    def prompt_query(self, rendered: torch.Tensor, scale: float) -> torch.Tensor:
+        """Gated, normalised query features from the features rendered at the clicks [K, D]: [K, D]."""
         gate = self.scale_gate(torch.tensor([scale], device=rendered.device, dtype=torch.float32))
         return F.normalize(rendered * gate, dim=-1)
 

@@ -1,8 +1,9 @@
 """SAGA's click scoring (Sec. 3.6, Eq. 3): per-Gaussian affinity to click queries at a scale, as pure functions.
 
-The authors' way (:func:`direct_scores`) gates every fp32 feature per click; :class:`AffinityScorer` keeps each
-scale's gated features in bfloat16 and rescores near the threshold in fp32, so its selection is the fp32 one.
-:func:`latency_probe` times both for ``segsplat bench-latency``. No nerfstudio imports.
+The authors' way (:func:`direct_scores`) gates every fp32 feature per click; :class:`AffinityScorer` moves the
+gate to the query side, so any scale is answered from the same stored features (bfloat16) and every decision at
+the threshold is the fp32 one. :func:`latency_probe` times both for ``segsplat bench-latency``. No nerfstudio
+imports.
 """
 
 from __future__ import annotations
@@ -29,63 +30,73 @@ def direct_scores(features: torch.Tensor, gate: torch.Tensor, queries: torch.Ten
 
 
 class AffinityScorer:
-    """Per-Gaussian affinity to click queries at a scale, fast, with the fp32 answer at the threshold.
+    """Per-Gaussian affinity to click queries at any scale, fast, with the fp32 answer at the threshold.
 
-    A click reads every Gaussian's feature, so its cost is memory traffic. The gated, normalised features of a
-    scale are computed once (one pass over the fp32 features) and kept in bfloat16, half the bytes, for the few
-    most recent scales; a click at a kept scale is then one [N, D] x [D, K] product. bfloat16 rounding moves a
-    cosine by at most ``BF16_COSINE_ERROR``; Gaussians that close to the threshold are scored again in fp32, so
-    ``scores > threshold`` is the fp32 selection exactly.
+    With g = S(s) and a gated unit query q, the score is cos(g f, q) = f . (g q) / ||g f|| and
+    ||g f||^2 = (f * f) . (g * g). So the stored f and f^2 (bfloat16 from ``BF16_FROM`` Gaussians: half the bytes)
+    answer every scale with matrix-vector products and no per-scale copy of the features: a new scale is two
+    products (the numerator and the norms), a repeated one is one product and the kept norms (``cached_scales``
+    of them, 4 bytes a Gaussian each). Gaussians whose score lies within ``COSINE_ERROR`` of the threshold are
+    scored again in fp32 by :func:`direct_scores`, so ``scores > threshold`` is the fp32 selection exactly.
     """
 
-    BF16_COSINE_ERROR = 2.0**-6
-    """Bound on |bf16 cosine - fp32 cosine| for unit vectors (8-bit mantissas: ~2^-8 per vector, with margin)."""
+    COSINE_ERROR = 2.0**-5
+    """Bound on |fast cosine - fp32 cosine|. bfloat16 rounds with relative error u = 2^-8: f, g q and the product
+    each once (numerator off by <= 3u ||g f||, by Cauchy-Schwarz with ||q|| = 1), f^2, g^2 and their product each
+    once (||g f|| off by <= 1.5u relative): |error| <= 3u + 1.5u |cos| + O(u^2) = 4.5u ~ 0.018; 2^-5 keeps margin."""
     BF16_FROM = 65536
     """Below this many Gaussians the features fit in the CPU caches, where fp32 is faster: they stay fp32."""
 
-    def __init__(self, features: torch.Tensor, gate: ScaleGate, cached_scales: int = 4):
+    def __init__(self, features: torch.Tensor, gate: ScaleGate, cached_scales: int = 8):
         self.features = features  # [N, D] fp32 unit vectors (after smoothing)
         self.gate = gate
         self.cached_scales = cached_scales
-        self._gated: "OrderedDict[float, torch.Tensor]" = OrderedDict()
+        dtype = torch.bfloat16 if features.shape[0] >= self.BF16_FROM else torch.float32
+        self.stored = features.to(dtype)
+        self.squares = features.square().to(dtype)
+        self._inverse_norms: "OrderedDict[float, torch.Tensor]" = OrderedDict()
 
     def forget(self) -> None:
-        """Drop the kept scales (the next click at any scale is a first click)."""
-        self._gated.clear()
+        """Drop the kept norms (the next click at any scale is a first click)."""
+        self._inverse_norms.clear()
 
     def gate_at(self, scale: float) -> torch.Tensor:
         return self.gate(torch.tensor([float(scale)], device=self.features.device, dtype=torch.float32))[0]
 
     @torch.no_grad()
-    def gated_features(self, scale: float) -> torch.Tensor:
-        """S(s) * f_g, unit-normalised, in bfloat16 (fp32 below ``BF16_FROM`` Gaussians): [N, D], once per kept scale."""
+    def inverse_norms(self, scale: float) -> torch.Tensor:
+        """1 / ||S(s) f_g|| (F.normalize's floor 1e-12) for every Gaussian: [N] fp32, kept for recent scales."""
         key = float(scale)
-        if key in self._gated:
-            self._gated.move_to_end(key)
-            return self._gated[key]
-        gated = F.normalize(self.features * self.gate_at(key), dim=-1)
-        if gated.shape[0] >= self.BF16_FROM:
-            gated = gated.to(torch.bfloat16)
-        self._gated[key] = gated
-        while len(self._gated) > self.cached_scales:
-            self._gated.popitem(last=False)
-        return gated
+        if key in self._inverse_norms:
+            self._inverse_norms.move_to_end(key)
+            return self._inverse_norms[key]
+        g2 = self.gate_at(key).square().to(self.squares.dtype)
+        inverse = (self.squares @ g2).float().clamp_min_(1e-24).rsqrt_()
+        self._inverse_norms[key] = inverse
+        while len(self._inverse_norms) > self.cached_scales:
+            self._inverse_norms.popitem(last=False)
+        return inverse
 
     @torch.no_grad()
     def scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
         """Max cosine to the queries [K, D] (gated, unit) for every Gaussian: [N] fp32.
 
-        With ``exact_near=t``, scores within the bf16 error of t are recomputed in fp32, so thresholding at t
+        With ``exact_near=t``, scores within ``COSINE_ERROR`` of t are recomputed in fp32, so thresholding at t
         gives the fp32 selection.
         """
-        gated = self.gated_features(scale)
-        products = gated @ queries.to(gated.dtype).T  # [N, K]: the one pass over the features
-        scores = (products.reshape(-1) if products.shape[1] == 1 else products.amax(dim=-1)).float()
-        if exact_near is not None and gated.dtype == torch.bfloat16:
-            low, high = float(exact_near) - self.BF16_COSINE_ERROR, float(exact_near) + self.BF16_COSINE_ERROR
+        gate = self.gate_at(scale)
+        inverse = self.inverse_norms(scale)
+        weights = (queries.float() * gate).to(self.stored.dtype)
+        if weights.shape[0] == 1:  # one click: a matrix-vector product (faster than the [N, D] x [D, 1] product)
+            numerators = self.stored @ weights[0]
+        else:
+            numerators = (self.stored @ weights.T).amax(dim=-1)  # [N, K]: one pass over f
+        scores = inverse * numerators  # fp32; the norm is positive, so the max commutes with it
+        if exact_near is not None and self.stored.dtype == torch.bfloat16:
+            low, high = float(exact_near) - self.COSINE_ERROR, float(exact_near) + self.COSINE_ERROR
             near = torch.nonzero((scores >= low) & (scores <= high)).reshape(-1)
             if near.numel() > 0:
-                scores[near] = direct_scores(self.features[near], self.gate_at(scale), queries.float())
+                scores[near] = direct_scores(self.features[near], gate, queries.float())
         return scores
 
 
@@ -132,14 +143,14 @@ def latency_probe(num: int, dim: int, threshold: float, generator: torch.Generat
         reference = direct()
         ours = new_scale()
         approximate = scorer.scores(queries, scale)
-        refined = int(((approximate - threshold).abs() <= AffinityScorer.BF16_COSINE_ERROR).sum())
+        refined = int(((approximate - threshold).abs() <= AffinityScorer.COSINE_ERROR).sum())
     bf16 = num >= AffinityScorer.BF16_FROM
     return LatencyProbe(
         name="SAGA: cosine of gated features > threshold",
         cases={"direct fp32": direct, "new scale": new_scale, "same scale": same_scale, "text prompt": text_prompt},
         selected=int(reference.sum()),
         reference="direct fp32",
-        bytes_read={"fp32": num * dim * 4, "stored": num * dim * (2 if bf16 else 4)},
+        bytes_read={"fp32": num * dim * 4, "stored": num * (dim * (2 if bf16 else 4) + 4)},
         facts={
             "stored as": "bfloat16" if bf16 else "float32",
             "mask differences vs direct": int((ours != reference).sum()),
