@@ -83,6 +83,17 @@ class Wording:
 
 
 @dataclass
+class ClickProbe:
+    """A whole click on a probe's Gaussians, for ``segsplat bench-latency``: what the method renders and how it
+    answers from it. ``colors`` [N, C] (the method's ``feature_colors``) are composited at the clicked pixels by
+    the shared renderer; ``answer`` takes the features rendered there [K, C] to the selection, bool [N]
+    (``prompt_query``, ``gaussian_scores`` and the threshold, as the segmenter does)."""
+
+    colors: torch.Tensor
+    answer: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
 class LatencyProbe:
     """A method's fast scoring path on ``num`` synthetic Gaussians, for ``segsplat bench-latency``.
 
@@ -101,6 +112,8 @@ class LatencyProbe:
     """Bytes a click must read at least, by label (e.g. "fp32", "stored"): each gives a bandwidth bound."""
     facts: Dict[str, object] = field(default_factory=dict)
     """Other things the probe reports, by column name (e.g. the stored dtype, differences from the reference)."""
+    click: Optional[ClickProbe] = None
+    """The whole click (rendering included), where the method answers clicks."""
 
 
 @dataclass
@@ -222,5 +235,5 @@ def describe_scale(granularity: Granularity, scale: float, level: Optional[int])
     return f"level {level + 1} of {granularity.num_levels}"
 
 
-__all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "INSTANCES", "Wording", "LatencyProbe", "MethodContract",
+__all__: Tuple[str, ...] = ("Granularity", "CONTINUOUS_SCALE", "INSTANCES", "Wording", "ClickProbe", "LatencyProbe", "MethodContract",
                             "TextQuery", "LanguageViews", "TextScores", "TrainingViews", "describe_scale", "NotSupported")

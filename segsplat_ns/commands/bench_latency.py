@@ -1,9 +1,12 @@
 """`segsplat bench-latency`: click -> Gaussian mask time of every registered method, against its reference way and
 the memory-bandwidth bound.
 
-What is timed is the part of a click that reads every Gaussian: from the clicked pixels' queries to the boolean
-selection (``Segmenter.select_scores`` + threshold, or the selection itself). Rasterising the clicked view comes
-before it and is the same for every scoring method (``benchmarks/bench_rasterize.py`` measures it).
+Two things are timed. First the part of a click that reads every Gaussian, from the clicked pixels' queries to the
+boolean selection (``Segmenter.select_scores`` + threshold, or the selection itself). Then, for every method whose
+probe has a :class:`~segsplat_ns.contract.ClickProbe`, the **whole click** on a synthetic scene seen by a
+1920x1080 camera, from the pixel to the selection: the old way (rasterise the whole view's features, read the
+pixel), the pixel query (:mod:`segsplat_ns.rendering.pixel_query`) in a new view and again in the same view (its
+projection kept), the scoring alone, and the floor no click can beat: reading every Gaussian's mean once.
 
 Each method supplies its cases through :meth:`~segsplat_ns.contract.MethodContract.latency_probe` (e.g. the
 paper authors' way as the reference case, a first click at a scale or level, every later click there), how many
@@ -113,9 +116,16 @@ class BenchLatency:
     """Registered methods to time (default: all that have a latency probe)."""
     output_json: Optional[Path] = None
     """Also write the rows as JSON here (written atomically)."""
+    click_size: Tuple[int, int] = (1920, 1080)
+    """Width and height of the camera the whole click is timed with."""
+    full_render: bool = True
+    """Also time the old whole click (rasterise the full view, read the pixel); seconds per call at 1M on a CPU."""
+    full_repeats: int = 3
+    """Timed repetitions of the full-render click (the median is reported)."""
     language_sizes: Tuple[Tuple[int, int, int], ...] = ((96, 96, 10), (728, 986, 150), (1080, 1920, 200))
     """Language cache bytes per image are reported for these (height, width, masks) besides the measured scene."""
     rows: List[Dict[str, object]] = field(default_factory=list, init=False, repr=False)
+    clicks: List[Dict[str, object]] = field(default_factory=list, init=False, repr=False)
     language: Dict[str, object] = field(default_factory=dict, init=False, repr=False)
 
     def main(self) -> int:
@@ -150,14 +160,23 @@ class BenchLatency:
         generators = {name: torch.Generator(device=device).manual_seed(self.seed) for name in chosen}
         for n in tqdm(self.sizes, desc="bench-latency", unit="size"):
             methods: Dict[str, Dict[str, object]] = {}
+            clicks: Dict[str, Dict[str, float]] = {}
+            scene = click_scene(n, *self.click_size, device, self.seed)
             for name, method in chosen.items():
                 probe = method.model_class.latency_probe(n, self.feature_dim, self.threshold, generators[name])
                 if probe is not None:
                     methods[name] = measure_probe(probe, timed, bandwidth)
+                    if probe.click is not None:
+                        full = (lambda fn: median_time(lambda: (fn(), sync()), self.full_repeats)) if self.full_render else None
+                        clicks[name] = measure_click(probe.click, scene, timed, full)
                     del probe
+            floor = timed(scene["means"].sum) * 1e3  # the floor: every mean read once
             self.rows.append({"gaussians": n, "methods": methods, "cross": cross_method(methods)})
+            self.clicks.append({"gaussians": n, "means_read_ms": floor, "methods": clicks})
+            del scene
         self.language = language_cache_bytes(self.language_sizes)
         print(self.markdown(bandwidth))
+        print(self.click_markdown())
         print(self.language_markdown())
         if self.output_json is not None:
             record = {
@@ -168,6 +187,8 @@ class BenchLatency:
                 "clicks": 1,
                 "threshold": self.threshold,
                 "rows": self.rows,
+                "click_camera": list(self.click_size),
+                "whole_click": self.clicks,
                 "language_cache": self.language,
             }
             with atomic_open(Path(self.output_json)) as handle:
@@ -242,6 +263,33 @@ class BenchLatency:
         return "\n".join(lines)
 
 
+    def click_markdown(self) -> str:
+        if not any(row["methods"] for row in self.clicks):
+            return ""
+        width, height = self.click_size
+        lines = ["", f"Whole click, pixel -> selection ({width}×{height} camera, the clicked pixel at the centre; "
+                 f"full render: median of {self.full_repeats}):", "",
+                 "| method | Gaussians | full-render click | pixel click, new view | pixel click, same view | scoring alone | "
+                 "means read (floor) | new view / (floor + scoring) | full / new view |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        names: List[str] = []
+        for row in self.clicks:
+            names += [name for name in row["methods"] if name not in names]
+        for name in names:
+            for row in self.clicks:
+                if name not in row["methods"]:
+                    continue
+                ms, floor = row["methods"][name], row["means_read_ms"]
+                new_view, full = ms["pixel click, new view"], ms.get("full-render click")
+                full_cell = "not run" if full is None else f"{full:.1f} ms"
+                ratio_cell = "—" if full is None else f"{full / new_view:.0f}×"
+                lines.append(
+                    f"| {name} | {row['gaussians']:,} | {full_cell} | {new_view:.2f} ms | "
+                    f"{ms['pixel click, same view']:.2f} ms | {ms['scoring alone']:.2f} ms | {floor:.2f} ms | "
+                    f"{new_view / (floor + ms['scoring alone']):.2f} | {ratio_cell} |"
+                )
+        return "\n".join(lines)
+
     def language_markdown(self) -> str:
         measured = self.language["measured"]
         lines = ["", "Language cache (CLIP features per image, LangSplat layout: int16 [3, H, W] + fp16 [M, 512]):", "",
@@ -252,6 +300,62 @@ class BenchLatency:
         for row in self.language["formula"]:
             lines.append(f"| {row['hw'][0]}×{row['hw'][1]} (formula) | {row['masks']} | {row['bytes']:,} | {row['s_bytes']:,} |")
         return "\n".join(lines)
+
+
+def click_scene(num: int, width: int, height: int, device: torch.device, seed: int) -> Dict[str, object]:
+    """``num`` Gaussians in a unit ball seen from distance 3 by a ``width`` x ``height`` pinhole camera, each 0.5-2.5
+    pixels wide (sigma) on screen, as ``benchmarks/bench_rasterize.py`` draws them."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(num, 3, generator=generator)
+    means = direction / direction.norm(dim=-1, keepdim=True) * torch.rand(num, 1, generator=generator).pow(1 / 3)
+    focal = 1.1 * max(width, height)
+    scales = (0.5 + 2.0 * torch.rand(num, 3, generator=generator)) * 3.0 / focal
+    quats = torch.randn(num, 4, generator=generator)
+    opacities = 0.1 + 0.85 * torch.rand(num, generator=generator)
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 3.0
+    K = torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
+    tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "viewmat": viewmat, "K": K}
+    scene: Dict[str, object] = {key: value.to(device) for key, value in tensors.items()}
+    scene.update(width=width, height=height, pixel=(width // 2, height // 2))
+    return scene
+
+
+def measure_click(click, scene: Dict[str, object], timed: Callable[[Callable[[], object]], float],
+                  full_timed: Optional[Callable[[Callable[[], object]], float]]) -> Dict[str, float]:  # fmt: skip
+    """One method's whole click on the scene (ms): full render (if timed), pixel query in a new view and in the
+    same view, the scoring alone."""
+    from segsplat_ns.rendering import rasterize
+    from segsplat_ns.rendering.pixel_query import PixelCache, render_pixels
+
+    x, y = scene["pixel"]
+    geometry = {key: scene[key] for key in ("means", "quats", "scales", "opacities")}
+    pixels = torch.tensor([[x, y]], device=scene["means"].device)
+    cache = PixelCache()
+
+    def pixel_click(new_view: bool):
+        if new_view:
+            cache.forget_camera()
+        rendered, _ = render_pixels(**geometry, colors=click.colors, viewmat=scene["viewmat"], K=scene["K"],
+                                    width=scene["width"], height=scene["height"], pixels=pixels, cache=cache)  # fmt: skip
+        return click.answer(rendered)
+
+    rendered, _ = render_pixels(**geometry, colors=click.colors, viewmat=scene["viewmat"], K=scene["K"],
+                                width=scene["width"], height=scene["height"], pixels=pixels, cache=cache)  # fmt: skip
+
+    def full_click():
+        image, _, _ = rasterize(**geometry, colors=click.colors, viewmats=scene["viewmat"][None], Ks=scene["K"][None],
+                                width=scene["width"], height=scene["height"])  # fmt: skip
+        return click.answer(image[0, y, x][None])
+
+    ms = {
+        "pixel click, new view": timed(lambda: pixel_click(True)) * 1e3,
+        "pixel click, same view": timed(lambda: pixel_click(False)) * 1e3,
+        "scoring alone": timed(lambda: click.answer(rendered)) * 1e3,
+    }
+    if full_timed is not None:
+        ms["full-render click"] = full_timed(full_click) * 1e3
+    return ms
 
 
 def language_cache_bytes(sizes) -> Dict[str, object]:

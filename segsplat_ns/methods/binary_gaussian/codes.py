@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from segsplat_ns.contract import LatencyProbe
+from segsplat_ns.contract import ClickProbe, LatencyProbe
 
 __all__ = [
     "CODE_BITS",
@@ -173,9 +173,13 @@ def latency_probe(num: int, generator: torch.Generator) -> LatencyProbe:
     def same_level():
         return prefix_scores(prefixes, table.lookup(query), bits)
 
+    def answer(rendered: Tensor) -> Tensor:  # prompt_query (binarise, pack, prefix, nearest stored), then scores
+        return prefix_scores(prefixes, table.lookup(code_prefix(pack_codes(rendered > 0.5), bits)), bits)
+
     return LatencyProbe(
         name="Binary-Gaussian: int32 level labels equal to the clicked prefix (level 2 of 3)",
         cases={"new level": new_level, "same level": same_level},
         selected=int(prefix_scores(prefixes, query, bits).sum()),
         bytes_read={"int32 labels": num * 4},
+        click=ClickProbe(unpack_codes(codes, sum(widths)).float(), answer),
     )

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn import Parameter
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import LanguageViews, LatencyProbe, TextQuery, TextScores, Wording
+from segsplat_ns.contract import ClickProbe, LanguageViews, LatencyProbe, TextQuery, TextScores, Wording
 from segsplat_ns.errors import PromptError
 from segsplat_ns.methods.gags import loss as gags_loss
 from segsplat_ns.methods.gags import scoring
@@ -224,12 +224,23 @@ class GagsModel(SegSplatModel):
         with torch.no_grad():
             ours = text_prompt()
             reference = torch.sigmoid(10.0 * ((exact_features @ phrases[0]) - (exact_features @ canonical.T).amax(-1))) > 0.5
+        # a click: the 16-d feature rendered at the pixel, decoded (a random linear map stands in for the trained
+        # decoder), against every Gaussian's decoded feature
+        rendered_dim = 16
+        colors = torch.randn(num, rendered_dim, generator=generator, device=device)
+        stand_in_decoder = torch.randn(rendered_dim, CLIP_DIM, generator=generator, device=device) / math.sqrt(rendered_dim)
+
+        def answer(rendered: torch.Tensor) -> torch.Tensor:
+            query = F.normalize(rendered.float() @ stand_in_decoder, dim=-1)
+            return (decoded @ query.to(decoded.dtype).T).amax(-1).float() > threshold
+
         return LatencyProbe(
             name="GAGS: relevancy of decoded features (bfloat16, exact near the cut)",
             cases={"text prompt": text_prompt},
             selected=int(ours.sum()),
             bytes_read={"stored": num * CLIP_DIM * 2},
             facts={"stored dtype": "bfloat16", "differs from fp32": int((ours != reference).sum())},
+            click=ClickProbe(colors, answer),
         )
 
     @classmethod

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["decode", "instance_codes"]
+from segsplat_ns.contract import ClickProbe, LatencyProbe
+
+__all__ = ["decode", "instance_codes", "latency_probe"]
 
 
 def instance_codes(count: int, dim: int, seed: int = 0) -> Tensor:
@@ -34,3 +36,28 @@ def decode(rendered: Tensor, codes: Tensor, min_share: float = 0.1) -> Tensor:
     scores = rendered.float() @ codes.to(rendered.device).float().T
     best, ids = scores.max(-1)
     return torch.where(best >= min_share, ids, torch.full_like(ids, -1))
+
+
+def latency_probe(num: int, generator: torch.Generator, levels: int = 3, dim: int = 32) -> LatencyProbe:
+    """A click on ``num`` Gaussians labelled at ``levels`` levels (64 / 256 / 1024 instances, on the generator's
+    device): the instance decoded from the codes rendered at the pixel (level 2), then every Gaussian whose
+    label at that level is it ("scoring": the label compare alone)."""
+    device = generator.device
+    counts = [64 * 4**level for level in range(levels)]
+    labels = torch.stack([torch.randint(count, (num,), generator=generator, device=device) for count in counts], -1)
+    tables = [instance_codes(count, dim, seed=level).to(device) for level, count in enumerate(counts)]
+    colors = torch.cat([tables[level][labels[:, level]] for level in range(levels)], -1)
+    level = 1
+    wanted = labels[:1, level]
+
+    def answer(rendered: Tensor) -> Tensor:
+        query = decode(rendered[:, level * dim : (level + 1) * dim], tables[level])
+        return torch.isin(labels[:, level], query[query >= 0])
+
+    return LatencyProbe(
+        name="lift: level labels equal to the instance decoded at the click (level 2 of 3)",
+        cases={"scoring": lambda: torch.isin(labels[:, level], wanted)},
+        selected=int((labels[:, level] == wanted).sum()),
+        bytes_read={"int64 labels": num * 8},
+        click=ClickProbe(colors, answer),
+    )

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import Granularity, LanguageViews, TextQuery, TextScores, TrainingViews, Wording
+from segsplat_ns.contract import Granularity, LanguageViews, LatencyProbe, TextQuery, TextScores, TrainingViews, Wording
 from segsplat_ns.errors import PromptError
 from segsplat_ns.language.relevancy import relevancy
 from segsplat_ns.methods.common import InferenceMemo
@@ -317,6 +317,12 @@ class LiftModel(SegSplatModel):
         return TextScores(
             relevancy=values, selection=selection, facts={"level": where, "selected": int(selection.sum())}
         )
+
+    # ---- tooling ----------------------------------------------------------------------------------------------
+    @classmethod
+    def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> Optional[LatencyProbe]:
+        """The label compare of a click and the whole click from rendered codes (:func:`.codes.latency_probe`)."""
+        return codes.latency_probe(num, generator)
 
 
 def _without_abstentions(weights: LevelWeights, abstain: int, view_total: Tensor) -> "tuple[LevelWeights, Tensor]":

@@ -24,7 +24,7 @@ from torch.nn import Parameter, ParameterList
 from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import INSTANCES, Granularity, TrainingViews, Wording
+from segsplat_ns.contract import INSTANCES, Granularity, LatencyProbe, TrainingViews, Wording
 from segsplat_ns.methods.common import InferenceMemo
 from segsplat_ns.methods.proto_saga import association, labels, prototypes
 
@@ -222,3 +222,8 @@ class ProtoSagaModel(SegSplatModel):
     def cpu_training_args(cls, tiny: bool = False) -> List[str]:
         # joint from the first step, as the paper: the shared schedule's RGB steps become joint steps
         return ["--pipeline.model.rgb-steps", "0"]
+
+    @classmethod
+    def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> Optional[LatencyProbe]:
+        """The id compare of a click and the whole click from a rendered embedding (:func:`.prototypes.latency_probe`)."""
+        return prototypes.latency_probe(num, generator)

@@ -18,6 +18,8 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from segsplat_ns.contract import ClickProbe, LatencyProbe
+
 
 def relabel_consistent(label_map: torch.Tensor, bank_ids: Sequence[int]) -> torch.Tensor:
     """R'_k: ``bank_ids[t]`` where ``label_map`` is t (labels 0..len(bank_ids)-1), -1 elsewhere."""
@@ -61,3 +63,25 @@ def classify(features: torch.Tensor, prototypes: torch.Tensor, chunk: int = 6553
         block = F.normalize(features[start : start + chunk].float(), dim=-1)
         out[start : start + chunk] = (block @ v.to(block.device).T).argmax(-1)
     return out
+
+
+def latency_probe(num: int, generator: torch.Generator, dim: int = 16, instances: int = 64) -> LatencyProbe:
+    """A click on ``num`` Gaussians of ``instances`` instances (int16 ids, as stored; on the generator's device):
+    Eq. 19 at the clicked pixel's rendered embedding, then every Gaussian with that id ("scoring": the id
+    compare alone)."""
+    device = generator.device
+    protos = F.normalize(torch.randn(instances, dim, generator=generator, device=device), dim=-1)
+    ids = torch.randint(instances, (num,), generator=generator, device=device)
+    colors = protos[ids] + 0.3 * torch.randn(num, dim, generator=generator, device=device)
+    stored = ids.to(torch.int16)
+
+    def answer(rendered: torch.Tensor) -> torch.Tensor:
+        return torch.isin(stored, classify(rendered, protos).to(torch.int16))
+
+    return LatencyProbe(
+        name="Proto-SaGa: stored instance ids equal to the clicked pixel's Eq. 19 instance",
+        cases={"scoring": lambda: torch.isin(stored, stored[:1])},
+        selected=int((stored == stored[0]).sum()),
+        bytes_read={"int16 ids": num * 2},
+        click=ClickProbe(colors, answer),
+    )

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from segsplat_ns.contract import LatencyProbe
+from segsplat_ns.contract import ClickProbe, LatencyProbe
 from segsplat_ns.methods.common.scale_gate import ScaleGate
 
 __all__ = ["AffinityScorer", "direct_scores", "latency_probe"]
@@ -145,6 +145,11 @@ def latency_probe(num: int, dim: int, threshold: float, generator: torch.Generat
         approximate = scorer.scores(queries, scale)
         refined = int(((approximate - threshold).abs() <= AffinityScorer.COSINE_ERROR).sum())
     bf16 = num >= AffinityScorer.BF16_FROM
+
+    def answer(rendered: torch.Tensor) -> torch.Tensor:  # prompt_query, then a click at the kept scale
+        clicked = F.normalize(rendered.float() * gate_s, dim=-1)
+        return scorer.scores(clicked, scale, exact_near=threshold) > threshold
+
     return LatencyProbe(
         name="SAGA: cosine of gated features > threshold",
         cases={"direct fp32": direct, "new scale": new_scale, "same scale": same_scale, "text prompt": text_prompt},
@@ -156,4 +161,5 @@ def latency_probe(num: int, dim: int, threshold: float, generator: torch.Generat
             "mask differences vs direct": int((ours != reference).sum()),
             "rescored in fp32": refined,
         },
+        click=ClickProbe(features, answer),
     )
