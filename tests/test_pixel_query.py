@@ -87,7 +87,8 @@ def test_the_cull_keeps_every_gaussian_whose_tile_box_reaches_the_rectangle(seed
         rect_tiles = torch.tensor(rect_tiles)
         rect = torch.cat([rect_tiles[:2] * 16, torch.minimum(rect_tiles[2:] * 16, torch.tensor([640, 480]))])
         used = (radii[0] > 0) & (x0 < rect_tiles[2]) & (x1 > rect_tiles[0]) & (y0 < rect_tiles[3]) & (y1 > rect_tiles[1])
-        kept = cull_candidates(means, scales, viewmat, K, 640, 480, rect, backend=backend)
+        kept = torch.zeros(means.shape[0], dtype=torch.bool)
+        kept[cull_candidates(means, scales, viewmat, K, 640, 480, rect, backend=backend)] = True
         assert int(used.sum()) > 0
         assert bool(kept[used].all()), f"the cull dropped {int((used & ~kept).sum())} Gaussians the rasteriser uses"
         assert int(kept.sum()) < 4 * int(used.sum()) + 200  # and it is a useful cull, not "everything"

@@ -42,6 +42,21 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return times[len(times) // 2]
 
 
+def median_times(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """Median seconds of each case, the cases timed in turn within each repetition (round robin), so that a
+    machine whose speed drifts during the run (shared cores, frequency changes) moves every case alike and the
+    ratios between cases stay fair."""
+    for fn in cases.values():
+        fn()  # warm-up
+    times: Dict[str, List[float]] = {case: [] for case in cases}
+    for _ in range(repeats):
+        for case, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[case].append(time.perf_counter() - start)
+    return {case: sorted(values)[len(values) // 2] for case, values in times.items()}
+
+
 def read_bandwidth(num_bytes: int = 512 << 20, repeats: int = 7) -> float:
     """Bytes per second for streaming reads (a sum over a buffer larger than the caches)."""
     buffer = torch.ones(num_bytes // 4, dtype=torch.float32)
@@ -49,9 +64,12 @@ def read_bandwidth(num_bytes: int = 512 << 20, repeats: int = 7) -> float:
     return num_bytes / seconds
 
 
-def measure_probe(probe: LatencyProbe, timed: Callable[[Callable[[], object]], float], bandwidth: float) -> Dict[str, object]:
+Timer = Callable[[Dict[str, Callable[[], object]]], Dict[str, float]]
+
+
+def measure_probe(probe: LatencyProbe, timed: Timer, bandwidth: float) -> Dict[str, object]:
     """One method's row at one size: times (ms), speed-ups against the reference case, bounds and the rest."""
-    ms = {case: timed(fn) * 1e3 for case, fn in probe.cases.items()}
+    ms = {case: seconds * 1e3 for case, seconds in timed(probe.cases).items()}
     fastest = min(ms, key=ms.__getitem__)
     bound_ms = {label: count / bandwidth * 1e3 for label, count in probe.bytes_read.items()}
     speedup = {}
@@ -142,13 +160,16 @@ class BenchLatency:
             raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-        def timed(fn):
+        def synced(fn):
             def run():
                 out = fn()
                 sync()
                 return out
 
-            return median_time(run, self.repeats)
+            return run
+
+        def timed(cases):
+            return median_times({case: synced(fn) for case, fn in cases.items()}, self.repeats)
 
         registered = registered_methods()
         unknown = [name for name in self.methods if name not in registered]
@@ -167,10 +188,10 @@ class BenchLatency:
                 if probe is not None:
                     methods[name] = measure_probe(probe, timed, bandwidth)
                     if probe.click is not None:
-                        full = (lambda fn: median_time(lambda: (fn(), sync()), self.full_repeats)) if self.full_render else None
+                        full = (lambda fn: median_time(synced(fn), self.full_repeats)) if self.full_render else None
                         clicks[name] = measure_click(probe.click, scene, timed, full)
                     del probe
-            floor = timed(scene["means"].sum) * 1e3  # the floor: every mean read once
+            floor = median_time(synced(scene["means"].sum), self.repeats) * 1e3  # the floor: every mean read once
             self.rows.append({"gaussians": n, "methods": methods, "cross": cross_method(methods)})
             self.clicks.append({"gaussians": n, "means_read_ms": floor, "methods": clicks})
             del scene
@@ -321,7 +342,7 @@ def click_scene(num: int, width: int, height: int, device: torch.device, seed: i
     return scene
 
 
-def measure_click(click, scene: Dict[str, object], timed: Callable[[Callable[[], object]], float],
+def measure_click(click, scene: Dict[str, object], timed: Timer,
                   full_timed: Optional[Callable[[Callable[[], object]], float]]) -> Dict[str, float]:  # fmt: skip
     """One method's whole click on the scene (ms): full render (if timed), pixel query in a new view and in the
     same view, the scoring alone."""
@@ -348,11 +369,12 @@ def measure_click(click, scene: Dict[str, object], timed: Callable[[Callable[[],
                                 width=scene["width"], height=scene["height"])  # fmt: skip
         return click.answer(image[0, y, x][None])
 
-    ms = {
-        "pixel click, new view": timed(lambda: pixel_click(True)) * 1e3,
-        "pixel click, same view": timed(lambda: pixel_click(False)) * 1e3,
-        "scoring alone": timed(lambda: click.answer(rendered)) * 1e3,
+    cases = {
+        "pixel click, new view": lambda: pixel_click(True),
+        "pixel click, same view": lambda: pixel_click(False),
+        "scoring alone": lambda: click.answer(rendered),
     }
+    ms = {case: seconds * 1e3 for case, seconds in timed(cases).items()}
     if full_timed is not None:
         ms["full-render click"] = full_timed(full_click) * 1e3
     return ms

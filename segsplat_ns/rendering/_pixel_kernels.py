@@ -13,7 +13,7 @@ from segsplat_ns.rendering._numba_kernels import ALPHA_MAX, ALPHA_MIN, T_STOP, _
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def cull(xs, ys, zs, smax, camera, rect):  # pragma: no cover - compiled
-    """out[i] = 1 where Gaussian i's radius bound reaches the pixel rectangle ``rect`` [x0, y0, x1, y1).
+    """The ids (ascending) of the Gaussians whose radius bound reaches the pixel rectangle ``rect`` [x0, y0, x1, y1).
 
     ``xs, ys, zs, smax`` [N]: the means by coordinate and the largest scale (structure of arrays: the loop then
     vectorises; 16 bytes a Gaussian). ``camera`` (float64): R row-major (9), t (3), fx, fy, cx, cy, the four
@@ -26,23 +26,42 @@ def cull(xs, ys, zs, smax, camera, rect):  # pragma: no cover - compiled
     lxp, lxn, lyp, lyn, rn2, eps, z_low, z_high = camera[16], camera[17], camera[18], camera[19], camera[20], camera[21], camera[22], camera[23]
     x0, y0, x1, y1 = rect[0], rect[1], rect[2], rect[3]
     fx2, fy2 = fx * fx, fy * fy
-    out = np.zeros(N, np.uint8)
-    for i in prange(N):
-        mx, my, mz = xs[i], ys[i], zs[i]
-        z = r20 * mx + r21 * my + r22 * mz + t2
-        x = r00 * mx + r01 * my + r02 * mz + t0
-        y = r10 * mx + r11 * my + r12 * mz + t1
-        rz = 1.0 / z
-        u = fx * x * rz + cx
-        v = fy * y * rz + cy
-        s = smax[i]
-        tx = min(lxp, max(-lxn, x * rz))
-        ty = min(lyp, max(-lyn, y * rz))
-        j2 = (fx2 + fy2 + fx2 * tx * tx + fy2 * ty * ty) * rz * rz
-        r = 3.0 * np.sqrt(j2 * rn2 * s * s + eps) * 1.001 + 1.01 + 1e-5 * (abs(u) + abs(v))
-        hit = (z >= z_low) & (z <= z_high) & (u - r < x1) & (u + r > x0) & (v - r < y1) & (v + r > y0)
-        out[i] = hit
-    return out
+    # blocks: a vectorised pass writes each block's hits to a small mask, a scalar pass appends their ids (the
+    # survivors are few); no [N] mask is scanned again afterwards
+    block = 4096
+    blocks = (N + block - 1) // block
+    ids = np.empty(N, np.int64)
+    counts = np.zeros(blocks, np.int64)
+    for b in prange(blocks):
+        start = b * block
+        end = min(N, start + block)
+        hits = np.empty(end - start, np.bool_)
+        for i in range(start, end):
+            mx, my, mz = xs[i], ys[i], zs[i]
+            z = r20 * mx + r21 * my + r22 * mz + t2
+            x = r00 * mx + r01 * my + r02 * mz + t0
+            y = r10 * mx + r11 * my + r12 * mz + t1
+            rz = 1.0 / z
+            u = fx * x * rz + cx
+            v = fy * y * rz + cy
+            s = smax[i]
+            tx = min(lxp, max(-lxn, x * rz))
+            ty = min(lyp, max(-lyn, y * rz))
+            j2 = (fx2 + fy2 + fx2 * tx * tx + fy2 * ty * ty) * rz * rz
+            r = 3.0 * np.sqrt(j2 * rn2 * s * s + eps) * 1.001 + 1.01 + 1e-5 * (abs(u) + abs(v))
+            hits[i - start] = (z >= z_low) & (z <= z_high) & (u - r < x1) & (u + r > x0) & (v - r < y1) & (v + r > y0)
+        count = 0
+        for k in range(end - start):
+            if hits[k]:
+                ids[start + count] = start + k
+                count += 1
+        counts[b] = count
+    total = 0
+    for b in range(blocks):
+        for k in range(counts[b]):  # moves left (total <= b * block): a forward copy is safe
+            ids[total + k] = ids[b * block + k]
+        total += counts[b]
+    return ids[:total]
 
 
 @njit(cache=True)

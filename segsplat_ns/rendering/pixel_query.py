@@ -117,7 +117,7 @@ def _camera_constants(viewmat: Tensor, K: Tensor, width: int, height: int, eps2d
 
 
 def _cull_torch(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor) -> Tensor:
-    """Step 1 in PyTorch (any device; the numba kernel's formulas): bool [N]."""
+    """Step 1 in PyTorch (any device; the numba kernel's formulas): the survivors' ids, ascending."""
     means_t, smax = columns
     c = torch.from_numpy(camera).to(means_t.device)
     R, t = c[:9].reshape(3, 3), c[9:12]
@@ -130,7 +130,8 @@ def _cull_torch(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor
     s = smax.double()
     r = 3.0 * torch.sqrt(j2 * rn2 * s * s + eps) * 1.001 + 1.01 + 1e-5 * (u.abs() + v.abs())
     x0, y0, x1, y1 = rect.double().tolist()
-    return (z >= z_low) & (z <= z_high) & (u - r < x1) & (u + r > x0) & (v - r < y1) & (v + r > y0)
+    keep = (z >= z_low) & (z <= z_high) & (u - r < x1) & (u + r > x0) & (v - r < y1) & (v + r > y0)
+    return torch.nonzero(keep).reshape(-1)
 
 
 def _cull_numba(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor) -> Tensor:
@@ -138,13 +139,13 @@ def _cull_numba(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor
 
     means_t, smax = columns
     xs, ys, zs = means_t.numpy()
-    return torch.from_numpy(kernels.cull(xs, ys, zs, smax.numpy(), camera, rect.double().numpy())).bool()
+    return torch.from_numpy(kernels.cull(xs, ys, zs, smax.numpy(), camera, rect.double().numpy()))
 
 
 def cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d=0.3, near_plane=0.01, far_plane=1e10,
                     backend: Optional[str] = None, cache: Optional["PixelCache"] = None) -> Tensor:
-    """Step 1: bool [N], True where a Gaussian's tile box may reach the pixel rectangle ``rect`` [x0, y0, x1, y1)
-    (a superset of the rasteriser's Gaussians there; see the module docstring). ``backend``: "numba" (CPU
+    """Step 1: the ids (long, ascending) of the Gaussians whose tile box may reach the pixel rectangle ``rect``
+    [x0, y0, x1, y1) (a superset of the rasteriser's Gaussians there; see the module docstring). ``backend``: "numba" (CPU
     default) or "torch" (CUDA, and the CPU cross-check)."""
     cache = cache if cache is not None else PixelCache()
     columns = cache.columns_for(means, scales, (_tensor_token(means), _tensor_token(scales)))
@@ -284,10 +285,9 @@ def render_pixels(
         if cell not in cells:  # the pass over every Gaussian, once per cell of a camera
             rect = torch.tensor([cell[0] * cell_size, cell[1] * cell_size, min((cell[0] + 1) * cell_size, width),
                                  min((cell[1] + 1) * cell_size, height)])  # fmt: skip
-            keep = cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d, near_plane, far_plane,
-                                   cache=cache)  # fmt: skip
+            cells[cell] = cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d, near_plane, far_plane,
+                                          cache=cache).to(device)  # fmt: skip
             cache.culls += 1
-            cells[cell] = torch.nonzero(keep).reshape(-1).to(device)
         # the same bound on the cell's candidates for the tile's pixels, then the exact projection of the survivors
         rect = torch.tensor([tx * tile_size, ty * tile_size, min((tx + 1) * tile_size, width),
                              min((ty + 1) * tile_size, height)])  # fmt: skip
