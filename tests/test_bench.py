@@ -73,7 +73,7 @@ def test_bench_passes_everything_after_extra_args_to_ns_train(tmp_path):
 def test_bench_latency_table_and_json(tmp_path):
     out = tmp_path / "latency.json"
     result = run([str(BIN / "segsplat"), "bench-latency", "--sizes", "2000", "20000", "--repeats", "3",
-                  "--output-json", str(out)], cwd=tmp_path)
+                  "--click-size", "320", "240", "--output-json", str(out)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     assert [row["gaussians"] for row in record["rows"]] == [2000, 20000]
@@ -99,6 +99,15 @@ def test_bench_latency_table_and_json(tmp_path):
         assert cross[("saga", "direct fp32", "binary-gaussian")] == pytest.approx(saga["ms"]["direct fp32"] / fastest)
         assert cross[("saga", saga["fastest"], "binary-gaussian")] == pytest.approx(saga["ms"][saga["fastest"]] / fastest)
     assert record["read_bandwidth_gb_s"] > 0.1
+    # the whole click, pixel -> selection, for every method with a click probe (all five answer clicks)
+    assert record["click_camera"] == [320, 240]
+    for row in record["whole_click"]:
+        assert set(row["methods"]) == {"saga", "binary-gaussian", "gags", "lift", "proto-saga"}
+        assert row["means_read_ms"] > 0
+        for ms in row["methods"].values():
+            assert set(ms) == {"full-render click", "pixel click, new view", "pixel click, same view", "scoring alone"}
+            assert all(value > 0 for value in ms.values())
+    assert "Whole click, pixel -> selection (320×240 camera" in result.stdout
     assert "| 20,000 |" in result.stdout and "same level" in result.stdout and "Across methods" in result.stdout
     # the language cache's bytes per image: measured on the synthetic scene, and the file format's formula
     language = record["language_cache"]
