@@ -54,7 +54,7 @@ def test_equals_the_tiled_rasteriser_at_every_pixel(seed, dtype, mode):
                                        background=background, rasterize_mode=mode, cache=cache)  # fmt: skip
         assert torch.equal(values, full[0].reshape(-1, colors.shape[1]))
         assert torch.equal(alphas, alpha[0].reshape(-1, 1))
-    assert cache.culls == 1  # the 100x70 view is one 128x128 cell: one pass over the Gaussians, then the cache
+        assert cache.culls == 7 * 5  # one cull per 16x16 tile, the second time none (the tiles are kept)
     assert float(alpha.max()) > 0.999 and float(alpha.min()) < 0.99  # pixels that stop early and pixels that do not
 
 
@@ -100,22 +100,42 @@ def test_the_cache_follows_the_camera_and_the_gaussians():
     render = lambda pixels, vm=viewmat: render_pixels(means, quats, scales, opac, colors, vm, K, 400, 300,  # noqa: E731
                                                       torch.tensor(pixels), cache=cache)  # fmt: skip
     render([[10, 10]])
-    render([[100, 90], [20, 30]])  # same cell (0, 0): no new pass over the Gaussians
+    grid = cache.grid
+    render([[12, 3], [5, 15]])  # the same tile: nothing culled or projected again
     assert cache.culls == 1
-    render([[300, 200]])  # another cell
-    assert cache.culls == 2
+    render([[300, 200]])  # another tile of the same view: a cull, the grid kept
+    assert cache.culls == 2 and cache.grid is grid
     moved = viewmat.clone()
     moved[0, 3] += 0.05
-    render([[10, 10]], moved)  # the camera moved: everything projected again
-    assert cache.culls == 3
+    render([[10, 10]], moved)  # the camera moved: projected again, the grid kept (it depends on the Gaussians only)
+    assert cache.culls == 3 and cache.grid is grid
     before, _ = render([[150, 150]])
     with torch.no_grad():
         colors.mul_(0.5)  # colours are read per query, never kept
-        opac.mul_(0.5)  # an in-place change of the geometry drops the cache
+        opac.mul_(0.5)  # an in-place change of the geometry drops the projections
+        means[:10] += 0.01  # and of the means, the grid
     after, _ = render([[150, 150]])
-    assert cache.culls == 5
+    assert cache.culls == 5 and cache.grid is not grid
     full, _, _ = rasterize_numba(means, quats, scales, opac, colors, viewmat[None], K[None], 400, 300)
     assert torch.equal(after[0], full[0, 150, 150]) and not torch.equal(after, before)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_grid_cull_finds_exactly_what_testing_every_gaussian_finds(seed):
+    """The CPU cull visits only grid cells whose bound reaches the rectangle; the cells it skips hold no Gaussian
+    that the per-Gaussian bound keeps: the same ids as testing every Gaussian (PyTorch, the CUDA path), for
+    tiles and larger rectangles, a camera inside the scene (cells reaching the camera plane) and outside it."""
+    generator = torch.Generator().manual_seed(seed)
+    means, quats, scales, opac, colors, viewmat, K = scene(seed, n=20000, width=640, height=480)
+    inside = look_at((0.1, 0.2, 0.3), (1.0, 0.0, 0.0)).float()
+    for camera in (viewmat, inside):
+        for _ in range(6):
+            x0, y0 = int(torch.randint(600, (1,), generator=generator)), int(torch.randint(440, (1,), generator=generator))
+            size = int(torch.randint(1, 128, (1,), generator=generator))
+            rect = torch.tensor([x0, y0, min(x0 + size, 640), min(y0 + size, 480)])
+            grid = cull_candidates(means, scales, camera, K, 640, 480, rect, backend="numba")
+            every = cull_candidates(means, scales, camera, K, 640, 480, rect, backend="torch")
+            assert torch.equal(grid, every), (len(grid), len(every))
 
 
 def test_bad_pixels_are_refused():

@@ -4,13 +4,15 @@ A click reads the rendered feature at its pixels only. :func:`render_pixels` giv
 :func:`~segsplat_ns.rendering.rasterize` gives at those pixels (``RGB`` mode, ``packed=False``), at a cost that
 grows with the Gaussians near the clicked pixels' rays instead of with the image size times the Gaussians:
 
-1. **cull** (one pass over every Gaussian's mean and largest scale; numba on CPU, PyTorch on CUDA): keep a
-   Gaussian if an *upper bound* of its screen radius puts the clicked pixels' tiles inside its tile box. The
-   bound: the rasteriser's radius is ``ceil(3 sqrt(v1))`` with ``v1 <= lambda_max(J R S S R^T J^T) + eps2d +
-   0.1`` (the 0.1 is the clamp ``sqrt(max(0.01, ...))``), and ``lambda_max <= ||J||_F^2 sigma_max(R_cam)^2
-   max(s)^2`` (the quaternion's rotation is orthonormal). Margins: x1.001 on the radius (float32 cancellation in
-   ``b^2 - det`` can move the exact radius by ~4e-4 relative), +0.01 px and 1e-5 relative on the centre. So the
-   cull never drops a Gaussian the rasteriser would use (``tests/test_pixel_query.py`` checks it by brute force);
+1. **cull**: keep a Gaussian if an *upper bound* of its screen radius puts the clicked pixel's tile inside its
+   tile box. The bound: the rasteriser's radius is ``ceil(3 sqrt(v1))`` with ``v1 <= lambda_max(J R S S R^T J^T)
+   + eps2d + 0.1`` (the 0.1 is the clamp ``sqrt(max(0.01, ...))``), and ``lambda_max <= ||J||_F^2
+   sigma_max(R_cam)^2 max(s)^2`` (the quaternion's rotation is orthonormal). Margins: x1.001 on the radius
+   (float32 cancellation in ``b^2 - det`` can move the exact radius by ~4e-4 relative), +0.01 px and 1e-5
+   relative on the centre. So the cull never drops a Gaussian the rasteriser would use
+   (``tests/test_pixel_query.py`` checks it by brute force). On CPU a uniform grid over the means, built once per
+   geometry, lets the cull visit only the cells near the tile's frustum (a bound per cell, in
+   ``_pixel_kernels.cull``); on CUDA every Gaussian is tested (PyTorch);
 2. **project** the survivors with the rasteriser's own projection (:func:`~.projection.project`, so the floats
    are the ones the full render composites; on CUDA gsplat's ``fully_fused_projection``) and take their exact
    tile boxes (:func:`~.projection.tile_boxes`, gsplat's ``isect_tiles``);
@@ -19,12 +21,10 @@ grows with the Gaussians near the clicked pixels' rays instead of with the image
    ``alpha <= 0.999``, stop before ``T <= 1e-4``) and its arithmetic (float64 accumulation on CPU, as the numba
    rasteriser; float32 on CUDA, as gsplat).
 
-Steps 1-2 depend on the camera, not on the pixel, and :class:`PixelCache` keeps them: step 1 per 128x128-pixel
-cell of a camera (the pass over every Gaussian; it reads the means and largest scales as a structure of arrays,
-16 bytes a Gaussian, kept per geometry), step 2 per 16x16 tile (the same bound over the cell's survivors, then the
-exact projection of the tile's few). A second click near the first in the same view skips the pass over every
-Gaussian. Everything kept is dropped when the camera or any geometry tensor changes (identity and in-place
-version); colours are read per query, never kept.
+Steps 1-2 depend on the camera, not on the pixel, and :class:`PixelCache` keeps them per 16x16 tile of a camera
+(and the grid per geometry), so a second click in the same tile of the same view only composites. Everything
+kept is dropped when the camera or any geometry tensor changes (identity and in-place version); colours are read
+per query, never kept.
 """
 
 from __future__ import annotations
@@ -39,18 +39,16 @@ from torch import Tensor
 
 from segsplat_ns.rendering.projection import project, tile_boxes
 
-__all__ = ["CELL_TILES", "PixelCache", "cull_candidates", "render_pixels"]
+__all__ = ["PixelCache", "cull_candidates", "render_pixels"]
 
-CELL_TILES = 8
-"""A cache cell is CELL_TILES x CELL_TILES tiles (128 x 128 pixels with 16-pixel tiles)."""
 _ALPHA_MIN = 1.0 / 255.0
 _ALPHA_MAX = 0.999
 _T_STOP = 1e-4
 
 
 @dataclass
-class _Cell:
-    """The projected Gaussians that may touch one cell's tiles, in depth order (ties by index)."""
+class _Tile:
+    """The projected Gaussians that may touch one tile, in depth order (ties by index)."""
 
     ids: Tensor  # [M] long, Gaussian ids
     means2d: Tensor  # [M, 2]
@@ -60,35 +58,72 @@ class _Cell:
 
 
 @dataclass
+class _Grid:
+    """What the CPU cull reads, per geometry: a uniform grid over the means (``_pixel_kernels.build_grid``), the
+    means and largest scales in its cell order, each cell's box of means and largest scale."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    zs: np.ndarray
+    smax: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    box_lo: np.ndarray
+    box_hi: np.ndarray
+    cell_s: np.ndarray
+
+    @classmethod
+    def build(cls, means: Tensor, scales: Tensor) -> "_Grid":
+        from segsplat_ns.rendering import _pixel_kernels as kernels
+
+        xs, ys, zs = means.detach().T.contiguous().numpy()
+        smax = scales.detach().amax(dim=-1).contiguous().numpy()
+        # about 16 Gaussians a cell on average
+        cells = int(min(128, max(1, round((max(xs.shape[0], 1) / 16) ** (1 / 3)))))
+        order, starts, box_lo, box_hi, cell_s = kernels.build_grid(xs, ys, zs, smax, cells)
+        return cls(xs[order], ys[order], zs[order], smax[order], order, starts, box_lo, box_hi, cell_s)
+
+
+@dataclass
 class PixelCache:
     """What :func:`render_pixels` keeps between calls, each part for as long as what it depends on stays: the
-    means and largest scales as a structure of arrays (per geometry) and steps 1-2 per camera cell."""
+    cull's grid (CPU) or columns (CUDA) per geometry, and the projected Gaussians of each queried tile per camera."""
 
     geometry_key: Optional[tuple] = None
+    grid: Optional[_Grid] = None
     columns: Optional[Tuple[Tensor, Tensor]] = None  # means [3, N] and the largest scale [N]
     camera_key: Optional[tuple] = None
-    cells: Dict[Tuple[int, int], Tensor] = field(default_factory=dict)
-    """Per cell of CELL_TILES x CELL_TILES tiles: the ids of the Gaussians that may touch it (step 1)."""
-    tiles: Dict[Tuple[int, int], _Cell] = field(default_factory=dict)
-    """Per tile: its Gaussians, projected and in depth order (step 2)."""
+    tiles: Dict[Tuple[int, int], _Tile] = field(default_factory=dict)
+    """Per 16x16 tile: the Gaussians that may touch it, projected and in depth order (steps 1-2)."""
     culls: int = 0
-    """Passes over every Gaussian made so far (what the cells save)."""
+    """Culls made so far (what the kept tiles save)."""
 
-    def columns_for(self, means: Tensor, scales: Tensor, key: tuple) -> Tuple[Tensor, Tensor]:
-        if key != self.geometry_key or self.columns is None:
-            self.geometry_key = key
+    def for_geometry(self, means: Tensor, scales: Tensor) -> None:
+        key = (_tensor_token(means), _tensor_token(scales))
+        if key != self.geometry_key:
+            self.geometry_key, self.grid, self.columns = key, None, None
+
+    def grid_for(self, means: Tensor, scales: Tensor) -> _Grid:
+        self.for_geometry(means, scales)
+        if self.grid is None:
+            self.grid = _Grid.build(means, scales)
+        return self.grid
+
+    def columns_for(self, means: Tensor, scales: Tensor) -> Tuple[Tensor, Tensor]:
+        self.for_geometry(means, scales)
+        if self.columns is None:
             self.columns = (means.detach().T.contiguous(), scales.detach().amax(dim=-1).contiguous())
         return self.columns
 
-    def for_camera(self, key: tuple) -> Tuple[Dict[Tuple[int, int], Tensor], Dict[Tuple[int, int], _Cell]]:
+    def for_camera(self, key: tuple) -> Dict[Tuple[int, int], _Tile]:
         if key != self.camera_key:
             self.camera_key = key
-            self.cells, self.tiles = {}, {}
-        return self.cells, self.tiles
+            self.tiles = {}
+        return self.tiles
 
     def forget_camera(self) -> None:
-        """Drop steps 1-2 (the next query is a first click in its view); the columns stay."""
-        self.camera_key, self.cells, self.tiles = None, {}, {}
+        """Drop the projected tiles (the next query is a first click in its view); the grid stays."""
+        self.camera_key, self.tiles = None, {}
 
 
 def _tensor_token(t: Tensor) -> tuple:
@@ -117,7 +152,7 @@ def _camera_constants(viewmat: Tensor, K: Tensor, width: int, height: int, eps2d
 
 
 def _cull_torch(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor) -> Tensor:
-    """Step 1 in PyTorch (any device; the numba kernel's formulas): the survivors' ids, ascending."""
+    """Step 1 in PyTorch (any device): the per-Gaussian bound over every Gaussian; the survivors' ids, ascending."""
     means_t, smax = columns
     c = torch.from_numpy(camera).to(means_t.device)
     R, t = c[:9].reshape(3, 3), c[9:12]
@@ -134,28 +169,23 @@ def _cull_torch(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor
     return torch.nonzero(keep).reshape(-1)
 
 
-def _cull_numba(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor) -> Tensor:
-    from segsplat_ns.rendering import _pixel_kernels as kernels
-
-    means_t, smax = columns
-    xs, ys, zs = means_t.numpy()
-    return torch.from_numpy(kernels.cull(xs, ys, zs, smax.numpy(), camera, rect.double().numpy()))
-
-
 def cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d=0.3, near_plane=0.01, far_plane=1e10,
                     backend: Optional[str] = None, cache: Optional["PixelCache"] = None) -> Tensor:
     """Step 1: the ids (long, ascending) of the Gaussians whose tile box may reach the pixel rectangle ``rect``
-    [x0, y0, x1, y1) (a superset of the rasteriser's Gaussians there; see the module docstring). ``backend``: "numba" (CPU
-    default) or "torch" (CUDA, and the CPU cross-check)."""
+    [x0, y0, x1, y1) (a superset of the rasteriser's Gaussians there; see the module docstring). ``backend``:
+    "numba" (CPU default: the grid, which visits only the cells near the rectangle's frustum) or "torch" (CUDA,
+    and the CPU cross-check: every Gaussian)."""
     cache = cache if cache is not None else PixelCache()
-    columns = cache.columns_for(means, scales, (_tensor_token(means), _tensor_token(scales)))
     camera = _camera_constants(viewmat, K, int(width), int(height), eps2d, near_plane, far_plane)
-    return _cull(columns, camera, torch.as_tensor(rect).reshape(4).cpu(), means.device, backend)
+    rect = torch.as_tensor(rect).reshape(4).cpu()
+    if (backend or ("torch" if means.is_cuda else "numba")) == "torch":
+        return _cull_torch(cache.columns_for(means, scales), camera, rect)
+    from segsplat_ns.rendering import _pixel_kernels as kernels
 
-
-def _cull(columns, camera, rect, device, backend: Optional[str] = None) -> Tensor:
-    backend = backend or ("torch" if device.type == "cuda" else "numba")
-    return (_cull_numba if backend == "numba" else _cull_torch)(columns, camera, rect)
+    grid = cache.grid_for(means, scales)
+    ids = kernels.cull(grid.xs, grid.ys, grid.zs, grid.smax, grid.order, grid.starts, grid.box_lo, grid.box_hi,
+                       grid.cell_s, camera, rect.double().numpy())  # fmt: skip
+    return torch.from_numpy(ids).to(means.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,8 +193,8 @@ def _cull(columns, camera, rect, device, backend: Optional[str] = None) -> Tenso
 # --------------------------------------------------------------------------------------------
 
 
-def _project_cell(ids, means, quats, scales, opacities, viewmat, K, width, height, eps2d, near_plane, far_plane,
-                  radius_clip, tile_size, rasterize_mode) -> _Cell:  # fmt: skip
+def _project_tile(ids, means, quats, scales, opacities, viewmat, K, width, height, eps2d, near_plane, far_plane,
+                  radius_clip, tile_size, rasterize_mode) -> _Tile:  # fmt: skip
     if means.is_cuda:
         import gsplat  # lazy: the CUDA path projects with gsplat's own kernel, as the full render does
 
@@ -187,7 +217,7 @@ def _project_cell(ids, means, quats, scales, opacities, viewmat, K, width, heigh
     # front to back, ties by index: the order of the full render's stable sort restricted to these Gaussians
     order = torch.sort(depths[0][live], stable=True).indices
     keep = torch.nonzero(live).reshape(-1)[order]
-    return _Cell(ids[keep], means2d[0][keep].contiguous(), conics[0][keep].contiguous(), opac[keep].contiguous(),
+    return _Tile(ids[keep], means2d[0][keep].contiguous(), conics[0][keep].contiguous(), opac[keep].contiguous(),
                  boxes[keep].contiguous())
 
 
@@ -196,7 +226,7 @@ def _project_cell(ids, means, quats, scales, opacities, viewmat, K, width, heigh
 # --------------------------------------------------------------------------------------------
 
 
-def _composite_torch(cell: _Cell, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
+def _composite_torch(cell: _Tile, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
     """Front-to-back compositing of the cell's Gaussians at pixels [P, 2] in PyTorch (CUDA; float32 as gsplat):
     render [P, D] (no background) and transmittance [P]."""
     P, M = pixels.shape[0], cell.ids.shape[0]
@@ -223,7 +253,7 @@ def _composite_torch(cell: _Cell, colors: Tensor, pixels: Tensor, tile_size: int
     return weights @ cols, torch.prod(kept, dim=1)
 
 
-def _composite_numba(cell: _Cell, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
+def _composite_numba(cell: _Tile, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
     from segsplat_ns.rendering import _pixel_kernels as kernels
 
     dtype = cell.means2d.dtype
@@ -277,25 +307,14 @@ def render_pixels(
     settings = (near_plane, far_plane, radius_clip, eps2d, tile_size, rasterize_mode)
     camera = tuple(float(v) for v in torch.cat([viewmat.reshape(-1), K.reshape(-1)]).double().cpu())
     geometry = tuple(_tensor_token(t) for t in (means, quats, scales, opacities))
-    cells, tiles = cache.for_camera((camera, width, height, settings) + geometry)
-    cell_size = tile_size * CELL_TILES
+    tiles = cache.for_camera((camera, width, height, settings) + geometry)
     pixel_tiles = [(int(x) // tile_size, int(y) // tile_size) for x, y in pixels.tolist()]
     for tx, ty in sorted(set(pixel_tiles) - set(tiles)):
-        cell = (tx // CELL_TILES, ty // CELL_TILES)
-        if cell not in cells:  # the pass over every Gaussian, once per cell of a camera
-            rect = torch.tensor([cell[0] * cell_size, cell[1] * cell_size, min((cell[0] + 1) * cell_size, width),
-                                 min((cell[1] + 1) * cell_size, height)])  # fmt: skip
-            cells[cell] = cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d, near_plane, far_plane,
-                                          cache=cache).to(device)  # fmt: skip
-            cache.culls += 1
-        # the same bound on the cell's candidates for the tile's pixels, then the exact projection of the survivors
         rect = torch.tensor([tx * tile_size, ty * tile_size, min((tx + 1) * tile_size, width),
                              min((ty + 1) * tile_size, height)])  # fmt: skip
-        ids = cells[cell]
-        columns = cache.columns_for(means, scales, (_tensor_token(means), _tensor_token(scales)))
-        keep = _cull(tuple(c[..., ids] for c in columns), _camera_constants(viewmat, K, width, height, eps2d, near_plane,
-                     far_plane), rect, device)  # fmt: skip
-        tiles[(tx, ty)] = _project_cell(ids[keep.to(device)], means, quats, scales, opacities, viewmat, K, width, height,
+        ids = cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d, near_plane, far_plane, cache=cache)
+        cache.culls += 1
+        tiles[(tx, ty)] = _project_tile(ids.to(device), means, quats, scales, opacities, viewmat, K, width, height,
                                         eps2d, near_plane, far_plane, radius_clip, tile_size, rasterize_mode)  # fmt: skip
     backend = composite or ("torch" if means.is_cuda else "numba")
     run = _composite_numba if backend == "numba" else _composite_torch
