@@ -45,6 +45,20 @@ def _sigma_cut(opacity):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def pixel_alpha(dx, dy, conic_a, conic_b, conic_c, opacity, sigma_cut):  # pragma: no cover - compiled
+    """A Gaussian's alpha at a pixel (``d = mean2d - pixel centre``), or 0 where the rasteriser skips the pair:
+    ``sigma < 0``, sigma past the opacity's cut, or ``alpha < 1/255``. Shared by the tiled forward pass and the
+    pixel query, so both composite with the same arithmetic."""
+    sigma = 0.5 * (conic_a * dx * dx + conic_c * dy * dy) + conic_b * dx * dy
+    if sigma < 0 or sigma > sigma_cut:
+        return 0.0
+    alpha = min(ALPHA_MAX, opacity * np.exp(-sigma))
+    if alpha < ALPHA_MIN:
+        return 0.0
+    return alpha
+
+
+@njit(cache=True, inline="always")
 def _tile_origin(job, n_tiles, tile_width, tile_size):  # pragma: no cover - compiled
     """(camera, first pixel x, first pixel y) of job = camera * n_tiles + tile."""
     t = job % n_tiles
@@ -145,13 +159,8 @@ def forward(offsets, ids, means2d, conics, opacities, colors, color_mod, n_tiles
                 for d in range(D):
                     acc[d] = 0.0
                 for i in range(n):
-                    dx = mx[i] - px
-                    dy = my[i] - py
-                    sigma = 0.5 * (ca[i] * dx * dx + cc[i] * dy * dy) + cb[i] * dx * dy
-                    if sigma < 0 or sigma > smax[i]:
-                        continue
-                    alpha = min(ALPHA_MAX, op[i] * np.exp(-sigma))
-                    if alpha < ALPHA_MIN:
+                    alpha = pixel_alpha(mx[i] - px, my[i] - py, ca[i], cb[i], cc[i], op[i], smax[i])
+                    if alpha == 0.0:
                         continue
                     next_t = T * (1.0 - alpha)
                     if next_t <= T_STOP:

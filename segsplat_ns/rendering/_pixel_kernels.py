@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from segsplat_ns.rendering._numba_kernels import ALPHA_MAX, ALPHA_MIN, T_STOP, _sigma_cut
+from segsplat_ns.rendering._numba_kernels import T_STOP, _sigma_cut, pixel_alpha
 
 
 @njit(cache=True)
@@ -160,13 +160,9 @@ def composite(pixels, means2d, conics, opacities, colors, boxes, tile_size):  # 
         for i in range(M):
             if tx < boxes[i, 0] or tx >= boxes[i, 2] or ty < boxes[i, 1] or ty >= boxes[i, 3]:
                 continue
-            dx = means2d[i, 0] - px
-            dy = means2d[i, 1] - py
-            sigma = 0.5 * (conics[i, 0] * dx * dx + conics[i, 2] * dy * dy) + conics[i, 1] * dx * dy
-            if sigma < 0 or sigma > _sigma_cut(opacities[i]):
-                continue
-            alpha = min(ALPHA_MAX, opacities[i] * np.exp(-sigma))
-            if alpha < ALPHA_MIN:
+            alpha = pixel_alpha(means2d[i, 0] - px, means2d[i, 1] - py, conics[i, 0], conics[i, 1], conics[i, 2],
+                                opacities[i], _sigma_cut(opacities[i]))
+            if alpha == 0.0:
                 continue
             next_t = T * (1.0 - alpha)
             if next_t <= T_STOP:

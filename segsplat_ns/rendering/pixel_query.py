@@ -115,15 +115,17 @@ class PixelCache:
             self.columns = (means.detach().T.contiguous(), scales.detach().amax(dim=-1).contiguous())
         return self.columns
 
+    constants: Optional[np.ndarray] = None
+    """The cull's camera constants (:func:`_camera_constants`) of ``camera_key``."""
+
     def for_camera(self, key: tuple) -> Dict[Tuple[int, int], _Tile]:
         if key != self.camera_key:
-            self.camera_key = key
-            self.tiles = {}
+            self.camera_key, self.tiles, self.constants = key, {}, None
         return self.tiles
 
     def forget_camera(self) -> None:
         """Drop the projected tiles (the next query is a first click in its view); the grid stays."""
-        self.camera_key, self.tiles = None, {}
+        self.camera_key, self.tiles, self.constants = None, {}, None
 
 
 def _tensor_token(t: Tensor) -> tuple:
@@ -170,13 +172,15 @@ def _cull_torch(columns: Tuple[Tensor, Tensor], camera: np.ndarray, rect: Tensor
 
 
 def cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d=0.3, near_plane=0.01, far_plane=1e10,
-                    backend: Optional[str] = None, cache: Optional["PixelCache"] = None) -> Tensor:
+                    backend: Optional[str] = None, cache: Optional["PixelCache"] = None,
+                    constants: Optional[np.ndarray] = None) -> Tensor:  # fmt: skip
     """Step 1: the ids (long, ascending) of the Gaussians whose tile box may reach the pixel rectangle ``rect``
     [x0, y0, x1, y1) (a superset of the rasteriser's Gaussians there; see the module docstring). ``backend``:
     "numba" (CPU default: the grid, which visits only the cells near the rectangle's frustum) or "torch" (CUDA,
     and the CPU cross-check: every Gaussian)."""
     cache = cache if cache is not None else PixelCache()
-    camera = _camera_constants(viewmat, K, int(width), int(height), eps2d, near_plane, far_plane)
+    camera = constants if constants is not None else _camera_constants(viewmat, K, int(width), int(height), eps2d,
+                                                                        near_plane, far_plane)  # fmt: skip
     rect = torch.as_tensor(rect).reshape(4).cpu()
     if (backend or ("torch" if means.is_cuda else "numba")) == "torch":
         return _cull_torch(cache.columns_for(means, scales), camera, rect)
@@ -312,7 +316,10 @@ def render_pixels(
     for tx, ty in sorted(set(pixel_tiles) - set(tiles)):
         rect = torch.tensor([tx * tile_size, ty * tile_size, min((tx + 1) * tile_size, width),
                              min((ty + 1) * tile_size, height)])  # fmt: skip
-        ids = cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d, near_plane, far_plane, cache=cache)
+        if cache.constants is None:
+            cache.constants = _camera_constants(viewmat, K, width, height, eps2d, near_plane, far_plane)
+        ids = cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d, near_plane, far_plane, cache=cache,
+                              constants=cache.constants)  # fmt: skip
         cache.culls += 1
         tiles[(tx, ty)] = _project_tile(ids.to(device), means, quats, scales, opacities, viewmat, K, width, height,
                                         eps2d, near_plane, far_plane, radius_clip, tile_size, rasterize_mode)  # fmt: skip
