@@ -11,7 +11,7 @@ grows with the Gaussians near the clicked pixels' rays instead of with the image
    (float32 cancellation in ``b^2 - det`` can move the exact radius by ~4e-4 relative), +0.01 px and 1e-5
    relative on the centre. So the cull never drops a Gaussian the rasteriser would use
    (``tests/test_pixel_query.py`` checks it by brute force). On CPU a uniform grid over the means, built once per
-   geometry, lets the cull visit only the cells near the tile's frustum (a bound per cell, in
+   geometry (~64 Gaussians a cell), lets the cull visit only the cells near the tile's frustum (a bound per cell, in
    ``_pixel_kernels.cull``); on CUDA every Gaussian is tested (PyTorch);
 2. **project** the survivors with the rasteriser's own projection (:func:`~.projection.project`, so the floats
    are the ones the full render composites; on CUDA gsplat's ``fully_fused_projection``) and take their exact
@@ -78,8 +78,9 @@ class _Grid:
 
         xs, ys, zs = means.detach().T.contiguous().numpy()
         smax = scales.detach().amax(dim=-1).contiguous().numpy()
-        # about 16 Gaussians a cell on average
-        cells = int(min(128, max(1, round((max(xs.shape[0], 1) / 16) ** (1 / 3)))))
+        # about 64 Gaussians a cell on average: the cull tests every cell, then the members of the kept ones (at 1M
+        # Gaussians, a tile's cull measured 2.5 / 0.60 / 0.19 / 0.23 ms with 4 / 16 / 64 / 256 a cell)
+        cells = int(min(128, max(1, round((max(xs.shape[0], 1) / 64) ** (1 / 3)))))
         order, starts, box_lo, box_hi, cell_s = kernels.build_grid(xs, ys, zs, smax, cells)
         return cls(xs[order], ys[order], zs[order], smax[order], order, starts, box_lo, box_hi, cell_s)
 
