@@ -53,6 +53,17 @@ def test_memory_bank_eq11_13_two_boxes():
 # ---- Eq. 6-7, 14: labels and the per-view classifiers ------------------------------------------------------------
 
 
+def test_eq12_overlap_of_every_entry_in_one_bincount_equals_counting_each_entry():
+    """Brute force: entries that overlap each other, members with repeats, an empty entry."""
+    generator = torch.Generator().manual_seed(0)
+    entries = [torch.unique(torch.randint(500, (int(torch.randint(1, 80, (1,), generator=generator)),),
+                                          generator=generator)) for _ in range(30)] + [torch.zeros(0, dtype=torch.long)]  # fmt: skip
+    for _ in range(20):
+        members = torch.randint(500, (60,), generator=generator)
+        expected = [len(set(members.tolist()) & set(e.tolist())) / members.numel() for e in entries]
+        assert overlap_scores(members, entries, 500).tolist() == pytest.approx(expected, abs=1e-12)
+
+
 def test_label_maps_paint_whole_or_finest_masks_with_gagas_visibility_rule():
     """A 4x6 view: object A (columns 0-1, 8 px) with its part a (2 px), background in column 2, object B (columns
     3-5, 12 px) and a jittered part b of B (4 px inside B and 1 px sticking out into the background column).

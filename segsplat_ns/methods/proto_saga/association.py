@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -84,13 +84,26 @@ class MemoryBank:
         return out
 
 
-def overlap_scores(members: torch.Tensor, entries: Sequence[torch.Tensor], num_gaussians: int) -> torch.Tensor:
-    """Eq. 12: gamma(e) = #(members ∩ M(e)) / #members for every bank entry [E]."""
+def entry_incidence(entries: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The bank's (Gaussian, entry) pairs as two flat tensors: every entry's members concatenated, and the entry
+    each belongs to. Built once per view, it turns Eq. 12 for every entry into one bincount."""
+    if not entries:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    sizes = torch.tensor([e.numel() for e in entries], dtype=torch.long)
+    return torch.cat([e.long() for e in entries]), torch.repeat_interleave(torch.arange(len(entries)), sizes)
+
+
+def overlap_scores(members: torch.Tensor, entries: Sequence[torch.Tensor], num_gaussians: int,
+                   incidence: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:  # fmt: skip
+    """Eq. 12: gamma(e) = #(members ∩ M(e)) / #members for every bank entry [E] (one bincount over the bank's
+    (Gaussian, entry) pairs; ``incidence`` is :func:`entry_incidence` of ``entries`` when the caller keeps it)."""
     if members.numel() == 0 or not entries:
         return torch.zeros(len(entries), dtype=torch.float64)
+    flat, owner = incidence if incidence is not None else entry_incidence(entries)
     inside = torch.zeros(num_gaussians, dtype=torch.bool)
     inside[members] = True
-    return torch.tensor([float(inside[e].sum()) / members.numel() for e in entries], dtype=torch.float64)
+    counts = torch.bincount(owner[inside[flat]], minlength=len(entries))
+    return counts.double() / members.numel()
 
 
 def associate(views: Sequence[Sequence[torch.Tensor]], num_gaussians: int, delta: float = 0.1,
@@ -102,9 +115,10 @@ def associate(views: Sequence[Sequence[torch.Tensor]], num_gaussians: int, delta
     bank = bank or MemoryBank()
     for sets in views:
         before = list(bank.entries)
+        incidence = entry_incidence(before)
         ids: List[int] = []
         for members in sets:
-            gamma = overlap_scores(members, before, num_gaussians)
+            gamma = overlap_scores(members, before, num_gaussians, incidence)
             if gamma.numel() and float(gamma.max()) > delta:
                 e = int(gamma.argmax())
                 bank.entries[e] = torch.unique(torch.cat([bank.entries[e], members]))
