@@ -59,6 +59,19 @@ def pixel_alpha(dx, dy, conic_a, conic_b, conic_c, opacity, sigma_cut):  # pragm
 
 
 @njit(cache=True, inline="always")
+def blend(acc, colors, row, alpha, T):  # pragma: no cover - compiled
+    """One front-to-back step: ``acc += alpha T colors[row]``; returns the transmittance behind the Gaussian, or
+    -1 where the pixel stops before it (``T (1 - alpha) <= 1e-4``: it is excluded, as gsplat does)."""
+    next_t = T * (1.0 - alpha)
+    if next_t <= T_STOP:
+        return -1.0
+    w = alpha * T
+    for d in range(acc.shape[0]):
+        acc[d] += w * colors[row, d]
+    return next_t
+
+
+@njit(cache=True, inline="always")
 def _tile_origin(job, n_tiles, tile_width, tile_size):  # pragma: no cover - compiled
     """(camera, first pixel x, first pixel y) of job = camera * n_tiles + tile."""
     t = job % n_tiles
@@ -162,12 +175,9 @@ def forward(offsets, ids, means2d, conics, opacities, colors, color_mod, n_tiles
                     alpha = pixel_alpha(mx[i] - px, my[i] - py, ca[i], cb[i], cc[i], op[i], smax[i])
                     if alpha == 0.0:
                         continue
-                    next_t = T * (1.0 - alpha)
-                    if next_t <= T_STOP:
+                    next_t = blend(acc, col, i, alpha, T)
+                    if next_t < 0.0:
                         break
-                    w = alpha * T
-                    for d in range(D):
-                        acc[d] += w * col[i, d]
                     T = next_t
                     stop = i + 1
                     count += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from segsplat_ns.rendering._numba_kernels import T_STOP, _sigma_cut, pixel_alpha
+from segsplat_ns.rendering._numba_kernels import _sigma_cut, blend, pixel_alpha
 
 
 @njit(cache=True)
@@ -164,12 +164,9 @@ def composite(pixels, means2d, conics, opacities, colors, boxes, tile_size):  # 
                                 opacities[i], _sigma_cut(opacities[i]))
             if alpha == 0.0:
                 continue
-            next_t = T * (1.0 - alpha)
-            if next_t <= T_STOP:
+            next_t = blend(acc, colors, i, alpha, T)
+            if next_t < 0.0:
                 break
-            w = alpha * T
-            for d in range(D):
-                acc[d] += w * colors[i, d]
             T = next_t
         for d in range(D):
             render[p, d] = acc[d]
