@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from segsplat_ns.commands.bench_latency import gaussian_ball
 from segsplat_ns.rendering.numba_rasterizer import last_pair_count, rasterize_numba
 from segsplat_ns.rendering.torch_rasterizer import rasterize_torch_reference
 
@@ -43,17 +44,11 @@ def ring_camera(angle: float, radius: float = 3.0, height: float = 0.5) -> torch
 
 def make_scene(n: int, size: int, channels: int, seed: int = 0, height: int | None = None):
     """Gaussians for a ``size`` x ``height`` image (square when height is None); the focal length follows the
-    larger side, so Gaussians have the same pixel size at every resolution."""
+    larger side, so Gaussians have the same pixel size at every resolution (``bench_latency.gaussian_ball``)."""
     height = size if height is None else height
     g = torch.Generator().manual_seed(seed)
-    d = torch.randn(n, 3, generator=g)
-    means = d / d.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g).pow(1 / 3)
     focal = 1.1 * max(size, height)
-    # a Gaussian of world scale s at depth ~3 spans ~focal*s/3 pixels (sigma); aim for 0.5..2.5 px
-    sig_px = 0.5 + 2.0 * torch.rand(n, 3, generator=g)
-    scales = sig_px * 3.0 / focal
-    quats = torch.randn(n, 4, generator=g)
-    opacities = 0.1 + 0.85 * torch.rand(n, generator=g)
+    means, quats, scales, opacities = gaussian_ball(n, focal, g)
     colors = torch.rand(n, channels, generator=g)
     viewmats = ring_camera(0.7)[None]
     Ks = torch.tensor([[[focal, 0, size / 2], [0, focal, height / 2], [0, 0, 1]]])

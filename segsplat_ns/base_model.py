@@ -175,8 +175,8 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         """What :meth:`render_features` gives at pixels [P, 2] (x, y), computed for those pixels only:
         ([P, C], [P, 1]) (:func:`~segsplat_ns.rendering.pixel_query.render_pixels`; inference, no gradients).
 
-        The activated geometry is kept while the Gaussians stay, and the projection per camera cell, so a second
-        click in the same view reads only the Gaussians near it."""
+        The activated geometry and the cull's grid are kept while the Gaussians stay, the projected tiles while the
+        camera stays too, so a second click in the same tile only composites."""
         from segsplat_ns.rendering.pixel_query import PixelCache, render_pixels
 
         viewmat, K, width, height = self.camera_setup(camera, 1)

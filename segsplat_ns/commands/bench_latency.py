@@ -325,16 +325,22 @@ class BenchLatency:
         return "\n".join(lines)
 
 
-def click_scene(num: int, width: int, height: int, device: torch.device, seed: int) -> Dict[str, object]:
-    """``num`` Gaussians in a unit ball seen from distance 3 by a ``width`` x ``height`` pinhole camera, each 0.5-2.5
-    pixels wide (sigma) on screen, as ``benchmarks/bench_rasterize.py`` draws them."""
-    generator = torch.Generator().manual_seed(seed)
+def gaussian_ball(num: int, focal: float, generator: torch.Generator):
+    """``num`` Gaussians in a unit ball, each 0.5-2.5 pixels wide (sigma) on screen at depth ~3 with this focal
+    length, opacities 0.1-0.95: means, quats, scales, opacities (drawn in this order from ``generator``; also the
+    scenes of ``benchmarks/bench_rasterize.py``)."""
     direction = torch.randn(num, 3, generator=generator)
     means = direction / direction.norm(dim=-1, keepdim=True) * torch.rand(num, 1, generator=generator).pow(1 / 3)
-    focal = 1.1 * max(width, height)
     scales = (0.5 + 2.0 * torch.rand(num, 3, generator=generator)) * 3.0 / focal
     quats = torch.randn(num, 4, generator=generator)
     opacities = 0.1 + 0.85 * torch.rand(num, generator=generator)
+    return means, quats, scales, opacities
+
+
+def click_scene(num: int, width: int, height: int, device: torch.device, seed: int) -> Dict[str, object]:
+    """:func:`gaussian_ball` seen from distance 3 by a ``width`` x ``height`` pinhole camera."""
+    focal = 1.1 * max(width, height)
+    means, quats, scales, opacities = gaussian_ball(num, focal, torch.Generator().manual_seed(seed))
     viewmat = torch.eye(4)
     viewmat[2, 3] = 3.0
     K = torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
@@ -356,16 +362,17 @@ def measure_click(click, scene: Dict[str, object], timed: Timer,
     pixels = torch.tensor([[x, y]], device=scene["means"].device)
     cache = PixelCache()
 
+    def render(kept: PixelCache) -> torch.Tensor:
+        rendered, _ = render_pixels(**geometry, colors=click.colors, viewmat=scene["viewmat"], K=scene["K"],
+                                    width=scene["width"], height=scene["height"], pixels=pixels, cache=kept)  # fmt: skip
+        return rendered
+
     def pixel_click(new_view: bool, new_geometry: bool = False):
         if new_view:
             cache.forget_camera()
-        rendered, _ = render_pixels(**geometry, colors=click.colors, viewmat=scene["viewmat"], K=scene["K"],
-                                    width=scene["width"], height=scene["height"], pixels=pixels,
-                                    cache=PixelCache() if new_geometry else cache)  # fmt: skip
-        return click.answer(rendered)
+        return click.answer(render(PixelCache() if new_geometry else cache))
 
-    rendered, _ = render_pixels(**geometry, colors=click.colors, viewmat=scene["viewmat"], K=scene["K"],
-                                width=scene["width"], height=scene["height"], pixels=pixels, cache=cache)  # fmt: skip
+    rendered = render(cache)
 
     def full_click():
         image, _, _ = rasterize(**geometry, colors=click.colors, viewmats=scene["viewmat"][None], Ks=scene["K"][None],

@@ -37,13 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from segsplat_ns.rendering._numba_kernels import ALPHA_MAX, ALPHA_MIN, T_STOP
 from segsplat_ns.rendering.projection import project, tile_boxes
 
 __all__ = ["PixelCache", "cull_candidates", "render_pixels"]
 
-_ALPHA_MIN = 1.0 / 255.0
-_ALPHA_MAX = 0.999
-_T_STOP = 1e-4
 
 
 @dataclass
@@ -231,41 +229,41 @@ def _project_tile(ids, means, quats, scales, opacities, viewmat, K, width, heigh
 # --------------------------------------------------------------------------------------------
 
 
-def _composite_torch(cell: _Tile, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
-    """Front-to-back compositing of the cell's Gaussians at pixels [P, 2] in PyTorch (CUDA; float32 as gsplat):
+def _composite_torch(tile: _Tile, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
+    """Front-to-back compositing of the tile's Gaussians at pixels [P, 2] in PyTorch (CUDA; float32 as gsplat):
     render [P, D] (no background) and transmittance [P]."""
-    P, M = pixels.shape[0], cell.ids.shape[0]
-    cols = colors[cell.ids].to(cell.means2d.dtype)
+    P, M = pixels.shape[0], tile.ids.shape[0]
+    cols = colors[tile.ids].to(tile.means2d.dtype)
     if M == 0:
         return cols.new_zeros(P, colors.shape[-1]), cols.new_ones(P)
-    px = pixels[:, :1].to(cell.means2d.dtype) + 0.5
-    py = pixels[:, 1:].to(cell.means2d.dtype) + 0.5
+    px = pixels[:, :1].to(tile.means2d.dtype) + 0.5
+    py = pixels[:, 1:].to(tile.means2d.dtype) + 0.5
     tx, ty = pixels[:, :1] // tile_size, pixels[:, 1:] // tile_size
-    inside = (cell.boxes[None, :, 0] <= tx) & (tx < cell.boxes[None, :, 2]) & (cell.boxes[None, :, 1] <= ty) & (
-        ty < cell.boxes[None, :, 3])  # fmt: skip
-    dx = cell.means2d[None, :, 0] - px
-    dy = cell.means2d[None, :, 1] - py
-    a, b, c = cell.conics[:, 0], cell.conics[:, 1], cell.conics[:, 2]
+    inside = (tile.boxes[None, :, 0] <= tx) & (tx < tile.boxes[None, :, 2]) & (tile.boxes[None, :, 1] <= ty) & (
+        ty < tile.boxes[None, :, 3])  # fmt: skip
+    dx = tile.means2d[None, :, 0] - px
+    dy = tile.means2d[None, :, 1] - py
+    a, b, c = tile.conics[:, 0], tile.conics[:, 1], tile.conics[:, 2]
     sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(cell.opacities * torch.exp(-sigma), _ALPHA_MAX)
-    alpha = torch.where(inside & (sigma >= 0) & (alpha >= _ALPHA_MIN), alpha, torch.zeros_like(alpha))
+    alpha = torch.clamp_max(tile.opacities * torch.exp(-sigma), ALPHA_MAX)
+    alpha = torch.where(inside & (sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
     after = torch.cumprod(1.0 - alpha, dim=1)  # T after each Gaussian [P, M]
     before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=1)
     # the pixel stops before the first Gaussian whose next transmittance is <= 1e-4; it and all behind are out
-    stopped = torch.cumsum(((after <= _T_STOP) & (alpha > 0)).int(), dim=1) > 0
+    stopped = torch.cumsum(((after <= T_STOP) & (alpha > 0)).int(), dim=1) > 0
     weights = torch.where(stopped, torch.zeros_like(alpha), alpha * before)
     kept = torch.where(stopped, torch.ones_like(after), 1.0 - alpha)
     return weights @ cols, torch.prod(kept, dim=1)
 
 
-def _composite_numba(cell: _Tile, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
+def _composite_numba(tile: _Tile, colors: Tensor, pixels: Tensor, tile_size: int) -> Tuple[Tensor, Tensor]:
     from segsplat_ns.rendering import _pixel_kernels as kernels
 
-    dtype = cell.means2d.dtype
-    cols = colors[cell.ids].detach().to(dtype).contiguous().numpy()
+    dtype = tile.means2d.dtype
+    cols = colors[tile.ids].detach().to(dtype).contiguous().numpy()
     render, t_final = kernels.composite(
-        pixels.long().contiguous().numpy(), cell.means2d.detach().numpy(), cell.conics.detach().numpy(),
-        cell.opacities.detach().numpy(), cols, cell.boxes.numpy(), tile_size,
+        pixels.long().contiguous().numpy(), tile.means2d.detach().numpy(), tile.conics.detach().numpy(),
+        tile.opacities.detach().numpy(), cols, tile.boxes.numpy(), tile_size,
     )  # fmt: skip
     return torch.from_numpy(render), torch.from_numpy(t_final)
 
@@ -299,7 +297,7 @@ def render_pixels(
 ) -> Tuple[Tensor, Tensor]:
     """What ``rasterize(...)[0][0, y, x]`` and ``[1][0, y, x]`` would be at each pixel: ([P, D], [P, 1]).
 
-    ``cache`` keeps the projection per camera cell (see :class:`PixelCache`); ``composite``: "numba" (CPU default)
+    ``cache`` keeps the cull's grid and the projected tiles (see :class:`PixelCache`); ``composite``: "numba" (CPU default)
     or "torch" (CUDA default, and the CPU cross-check). No gradients (a click is inference).
     """
     width, height = int(width), int(height)
@@ -329,8 +327,11 @@ def render_pixels(
     D = colors.shape[-1]
     render = colors.new_zeros(pixels.shape[0], D, dtype=means.dtype)
     alpha = colors.new_zeros(pixels.shape[0], dtype=means.dtype)
-    for tile in set(pixel_tiles):
-        rows = torch.tensor([i for i, c in enumerate(pixel_tiles) if c == tile], device=device)
+    rows_of: Dict[Tuple[int, int], list] = {}
+    for row, tile in enumerate(pixel_tiles):
+        rows_of.setdefault(tile, []).append(row)
+    for tile, tile_rows in rows_of.items():
+        rows = torch.tensor(tile_rows, device=device)
         values, t_final = run(tiles[tile], colors, pixels[rows].to(device), tile_size)
         render[rows] = values.to(device=device, dtype=render.dtype)
         # as the rasterisers: alpha = 1 - T_final in the inputs' dtype, the background under 1 - alpha
