@@ -231,6 +231,38 @@ def make_scene(n, W, H, C=2, D=3, seed=0, dtype=torch.float64, scale=(0.05, 0.3)
     return tuple(map(cast, (means, quats, scales, opacities, colors, viewmats, Ks)))
 
 
+def test_inference_projection_is_the_pytorch_projection_in_one_numba_pass():
+    """``project`` without gradients runs the numba kernel: in float64 it equals the PyTorch ops to rounding, radii
+    included, culled entries too (near plane, behind the camera, off screen); with a gradient to take it is the
+    PyTorch path, differentiable."""
+    from segsplat_ns.rendering.projection import project, project_numba, project_torch
+
+    W, H = 64, 48
+    means, quats, scales, _, _, viewmats, Ks = make_scene(400, W, H, C=3, seed=5)
+    means = torch.cat([means, torch.tensor([[0.3, -0.2, -4.0], [0.0, 0.0, -9.0], [40.0, 0.0, 0.0]], dtype=means.dtype)])
+    quats = torch.cat([quats, torch.randn(3, 4, dtype=quats.dtype)])
+    scales = torch.cat([scales, torch.full((3, 3), 0.1, dtype=scales.dtype)])
+    args = (viewmats, Ks, W, H, 0.3, 0.01, 1e10, 0.0)
+    fast, exact = project_numba(means, quats, scales, *args), project_torch(means, quats, scales, *args)
+    assert torch.equal(fast[0], exact[0]) and 0 < int((fast[0] > 0).sum()) < fast[0].numel()
+    for a, b in zip(fast[1:], exact[1:]):
+        assert a.dtype == b.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    f32 = [t.float() for t in (means, quats, scales, viewmats, Ks)]
+    fast32, exact32 = project_numba(*f32[:3], *f32[3:], *args[2:]), project_torch(*f32[:3], *f32[3:], *args[2:])
+    assert fast32[1].dtype == torch.float32
+    live = (fast32[0] > 0) & (exact32[0] > 0)
+    assert (fast32[0] != exact32[0]).float().mean() < 0.01  # a radius may move by a pixel at an integer
+    torch.testing.assert_close(fast32[1][live], exact32[1][live], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(fast32[3][live], exact32[3][live], rtol=1e-3, atol=1e-3)
+    with torch.no_grad():
+        assert torch.equal(project(means, quats, scales, *args)[1], fast[1])
+    means.requires_grad_(True)
+    radii, means2d, *_ = project(means, quats, scales, *args)
+    means2d[radii > 0].sum().backward()
+    assert means.grad is not None and means.grad.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------------------------
 # 1. values against the brute-force reference
 # ----------------------------------------------------------------------------------------------
@@ -442,13 +474,16 @@ def test_default_strategy_densification_on_cpu():
             "colors": torch.nn.Parameter(torch.logit(torch.cat([colors0, torch.full((n_extra, 3), 0.5)]))),
         }
     )
-    with torch.no_grad():  # target: the same parametrisation with the right colours
-        target, _, _ = rasterize(
-            params["means"], params["quats"], torch.exp(params["scales"]),
-            torch.sigmoid(params["opacities"]), torch.sigmoid(torch.logit(torch.cat([tc.clamp(0.02, 0.98), torch.full((n_extra, 3), 0.5)]))),
-            viewmats, Ks, W, H,
-        )
-        assert not (torch.sigmoid(params["opacities"][80:]) >= 1 / 255).any()
+    # target: the same parametrisation with the right colours, rendered through the differentiable projection that
+    # training uses (under no_grad the projection is the float64 numba pass, a few ulps away from it, and the
+    # correct Gaussians would no longer have exactly zero error)
+    target, _, _ = rasterize(
+        params["means"], params["quats"], torch.exp(params["scales"]),
+        torch.sigmoid(params["opacities"]), torch.sigmoid(torch.logit(torch.cat([tc.clamp(0.02, 0.98), torch.full((n_extra, 3), 0.5)]))),
+        viewmats, Ks, W, H,
+    )
+    target = target.detach()
+    assert not (torch.sigmoid(params["opacities"][80:]) >= 1 / 255).any()
     lrs = {"means": 1.6e-3, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "colors": 2.5e-2}
     optimizers = {k: torch.optim.Adam([{"params": params[k], "lr": lr, "name": k}], eps=1e-15)
                   for k, lr in lrs.items()}

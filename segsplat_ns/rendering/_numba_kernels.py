@@ -19,6 +19,7 @@ Gaussian afterwards by the caller. Arithmetic runs in float64 (the reference's t
 from __future__ import annotations
 
 import os
+import threading
 
 import numba
 import numpy as np
@@ -29,6 +30,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
     # command when the TBB it finds is too old; OpenMP (what it falls back to) first, then numba's own workqueue,
     # keeps the same layer without the probe
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+
+KERNEL_LOCK = threading.Lock()
+"""Held around every parallel kernel call: numba's workqueue threading layer (the fallback when OpenMP is missing)
+must not be entered from two Python threads at once, and the viewer renders and clicks in its own thread while
+training renders in the main one."""
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999

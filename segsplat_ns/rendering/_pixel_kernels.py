@@ -172,3 +172,50 @@ def composite(pixels, means2d, conics, opacities, colors, boxes, tile_size):  # 
             render[p, d] = acc[d]
         t_final[p] = T
     return render, t_final
+
+
+@njit(cache=True)
+def finish_tile(radii, means2d, depths, conics, opacities, comps, antialiased, tile_size, tile_width, tile_height,
+                tx, ty):  # pragma: no cover - compiled  # fmt: skip
+    """Step 2's end for tile (tx, ty): of the projected candidates [M] (one camera), the ones whose tile box (gsplat's
+    ``isect_tiles`` in the means' dtype, as :func:`~segsplat_ns.rendering.projection.tile_boxes`: the same float
+    operations, so the same boxes) holds the tile, in front-to-back order with ties by candidate index (a stable
+    sort). Returns their candidate indices, means2d, conics, opacities (times the compensation when
+    ``antialiased``) and boxes."""
+    M = radii.shape[0]
+    one = means2d.dtype.type
+    ts = one(tile_size)
+    rows = np.empty(M, np.int64)
+    n = 0
+    for i in range(M):
+        if radii[i] <= 0:
+            continue
+        tr = one(radii[i]) / ts
+        gx = means2d[i, 0] / ts
+        gy = means2d[i, 1] / ts
+        x0 = min(max(np.floor(gx - tr), 0.0), tile_width)
+        y0 = min(max(np.floor(gy - tr), 0.0), tile_height)
+        x1 = min(max(np.ceil(gx + tr), 0.0), tile_width)
+        y1 = min(max(np.ceil(gy + tr), 0.0), tile_height)
+        if x0 <= tx < x1 and y0 <= ty < y1:
+            rows[n] = i
+            n += 1
+    rows = rows[:n]
+    rows = rows[np.argsort(depths[rows], kind="mergesort")]
+    out_means = np.empty((n, 2), means2d.dtype)
+    out_conics = np.empty((n, 3), conics.dtype)
+    out_opac = np.empty(n, opacities.dtype)
+    boxes = np.empty((n, 4), np.int64)
+    for k in range(n):
+        i = rows[k]
+        out_means[k, 0], out_means[k, 1] = means2d[i, 0], means2d[i, 1]
+        out_conics[k, 0], out_conics[k, 1], out_conics[k, 2] = conics[i, 0], conics[i, 1], conics[i, 2]
+        out_opac[k] = opacities[i] * comps[i] if antialiased else opacities[i]
+        tr = one(radii[i]) / ts
+        gx = means2d[i, 0] / ts
+        gy = means2d[i, 1] / ts
+        boxes[k, 0] = int(min(max(np.floor(gx - tr), 0.0), tile_width))
+        boxes[k, 1] = int(min(max(np.floor(gy - tr), 0.0), tile_height))
+        boxes[k, 2] = int(min(max(np.ceil(gx + tr), 0.0), tile_width))
+        boxes[k, 3] = int(min(max(np.ceil(gy + tr), 0.0), tile_height))
+    return rows, out_means, out_conics, out_opac, boxes

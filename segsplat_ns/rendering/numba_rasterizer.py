@@ -2,8 +2,8 @@
 
 :func:`rasterize_numba` has the arguments and outputs of ``gsplat.rasterization`` (pinhole, ``packed=False``) and
 the semantics of :func:`~segsplat_ns.rendering.torch_rasterizer.rasterize_torch_reference` (the exact reference it
-is tested against). Projection and colours are the shared PyTorch code of :mod:`~segsplat_ns.rendering.projection`
-(differentiable by autograd, O(N)); compositing, the part whose cost grows with pixels x Gaussians, is one autograd
+is tested against). Projection and colours are the shared code of :mod:`~segsplat_ns.rendering.projection`
+(PyTorch, differentiable by autograd, when a gradient can reach the geometry; one numba pass otherwise); compositing, the part whose cost grows with pixels x Gaussians, is one autograd
 function over the numba kernels of :mod:`~segsplat_ns.rendering._numba_kernels`: each pixel stops at T <= 1e-4, so
 occluded Gaussians cost nothing, and tiles run in parallel on every core.
 
@@ -14,7 +14,6 @@ loop directly, and ``cache=True`` keeps the compiled kernels between runs (docs/
 from __future__ import annotations
 
 import math
-import threading
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -22,14 +21,12 @@ import torch
 from torch import Tensor
 
 from segsplat_ns.rendering import _numba_kernels as kernels
+from segsplat_ns.rendering._numba_kernels import KERNEL_LOCK
 from segsplat_ns.rendering.projection import finish_render, gsplat_info, isect_keys, prepare, tile_boxes
 
 __all__ = ["rasterize_numba", "last_pair_count"]
 
 _LAST_PAIRS = [0]
-# numba's default threading layer (workqueue) must not be entered from two Python threads at once; the viewer
-# renders in its own thread while training renders in the main one, so every kernel call takes this lock.
-_KERNEL_LOCK = threading.Lock()
 
 
 def last_pair_count() -> int:
@@ -49,7 +46,7 @@ class _Composite(torch.autograd.Function):
         offsets, ids = bins
         color_mod, n_tiles, tile_width, tile_size, W, H = geometry
         m2, co, op, cols = _np(means2d).reshape(-1, 2), _np(conics).reshape(-1, 3), _np(opacities).reshape(-1), _np(colors)
-        with _KERNEL_LOCK:
+        with KERNEL_LOCK:
             render, t_final, last, pairs = kernels.forward(offsets, ids, m2, co, op, cols, color_mod, n_tiles, tile_width,
                                                            tile_size, W, H)  # fmt: skip
         _LAST_PAIRS[0] = int(pairs.sum())
@@ -67,7 +64,7 @@ class _Composite(torch.autograd.Function):
         m2, co, op, cols = _np(means2d).reshape(-1, 2), _np(conics).reshape(-1, 3), _np(opacities).reshape(-1), _np(colors)
         gr = g_render.detach().to(dtype).contiguous().numpy()
         ga = g_alpha.detach().to(dtype).contiguous().numpy()
-        with _KERNEL_LOCK:
+        with KERNEL_LOCK:
             g_xy, g_xy_abs, g_conic, g_opac, g_col = kernels.backward(
                 offsets, ids, m2, co, op, cols, color_mod, n_tiles, tile_width, tile_size, W, H, t_final, last, gr, ga
             )
@@ -135,7 +132,7 @@ def rasterize_numba(
         tx0, ty0, tx1, ty1 = tile_boxes(p.means2d.detach(), p.radii, tile_size, tile_width, tile_height)
         # front to back within each camera, ties by index (gsplat's stable sort of (tile, depth) keys)
         order = torch.sort(p.depths.detach(), dim=1, stable=True).indices + torch.arange(C)[:, None] * N
-        with _KERNEL_LOCK:
+        with KERNEL_LOCK:
             offsets, ids, tiles = kernels.bin_tiles(
                 _np(tx0).reshape(-1), _np(ty0).reshape(-1), _np(tx1).reshape(-1), _np(ty1).reshape(-1),
                 _np(order).reshape(-1), C, max(N, 1), n_tiles, tile_width,

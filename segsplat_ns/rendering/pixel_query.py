@@ -13,9 +13,10 @@ grows with the Gaussians near the clicked pixels' rays instead of with the image
    (``tests/test_pixel_query.py`` checks it by brute force). On CPU a uniform grid over the means, built once per
    geometry (~64 Gaussians a cell), lets the cull visit only the cells near the tile's frustum (a bound per cell, in
    ``_pixel_kernels.cull``); on CUDA every Gaussian is tested (PyTorch);
-2. **project** the survivors with the rasteriser's own projection (:func:`~.projection.project`, so the floats
-   are the ones the full render composites; on CUDA gsplat's ``fully_fused_projection``) and take their exact
-   tile boxes (:func:`~.projection.tile_boxes`, gsplat's ``isect_tiles``);
+2. **project** the survivors with the rasteriser's own projection (:func:`~.projection.project`, at inference one
+   numba pass, so the floats are the ones the full render composites; on CUDA gsplat's ``fully_fused_projection``)
+   and keep those whose exact tile box (gsplat's ``isect_tiles``, the same float operations as
+   :func:`~.projection.tile_boxes`) holds the tile, in depth order (``_pixel_kernels.finish_tile``);
 3. **composite** each pixel front to back over the survivors whose tile box holds the pixel's tile, with the
    rasteriser's decisions (depth order with ties by index, ``sigma < 0`` and ``alpha < 1/255`` skipped,
    ``alpha <= 0.999``, stop before ``T <= 1e-4``) and its arithmetic (float64 accumulation on CPU, as the numba
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segsplat_ns.rendering._numba_kernels import ALPHA_MAX, ALPHA_MIN, T_STOP
+from segsplat_ns.rendering._numba_kernels import ALPHA_MAX, ALPHA_MIN, KERNEL_LOCK, T_STOP
 from segsplat_ns.rendering.projection import project, tile_boxes
 
 __all__ = ["PixelCache", "cull_candidates", "render_pixels"]
@@ -186,8 +187,9 @@ def cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d=0.3, n
     from segsplat_ns.rendering import _pixel_kernels as kernels
 
     grid = cache.grid_for(means, scales)
-    ids = kernels.cull(grid.xs, grid.ys, grid.zs, grid.smax, grid.order, grid.starts, grid.box_lo, grid.box_hi,
-                       grid.cell_s, camera, rect.double().numpy())  # fmt: skip
+    with KERNEL_LOCK:
+        ids = kernels.cull(grid.xs, grid.ys, grid.zs, grid.smax, grid.order, grid.starts, grid.box_lo, grid.box_hi,
+                           grid.cell_s, camera, rect.double().numpy())  # fmt: skip
     return torch.from_numpy(ids).to(means.device)
 
 
@@ -197,24 +199,34 @@ def cull_candidates(means, scales, viewmat, K, width, height, rect, eps2d=0.3, n
 
 
 def _project_tile(ids, means, quats, scales, opacities, viewmat, K, width, height, eps2d, near_plane, far_plane,
-                  radius_clip, tile_size, rasterize_mode) -> _Tile:  # fmt: skip
-    if means.is_cuda:
-        import gsplat  # lazy: the CUDA path projects with gsplat's own kernel, as the full render does
+                  radius_clip, tile_size, rasterize_mode, tile) -> _Tile:  # fmt: skip
+    tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    if not means.is_cuda:
+        from segsplat_ns.rendering import _pixel_kernels as kernels
 
-        radii, means2d, depths, conics, comps = gsplat.fully_fused_projection(
-            means[ids], None, quats[ids], scales[ids], viewmat[None], K[None], width, height, eps2d=eps2d,
-            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, packed=False,
-            calc_compensations=rasterize_mode == "antialiased",
-        )  # fmt: skip
-    else:
+        # the rasteriser's own projection (one numba pass at inference), then the tile's boxes and depth order in
+        # one compiled pass (a dozen small PyTorch ops cost more than the projection at a click's ~1,000 Gaussians)
         radii, means2d, depths, conics, comps, _ = project(
             means[ids], quats[ids], scales[ids], viewmat[None], K[None], width, height, eps2d, near_plane, far_plane,
             radius_clip,
         )  # fmt: skip
+        rows, m2, co, op, boxes = kernels.finish_tile(
+            radii[0].numpy(), means2d[0].numpy(), depths[0].numpy(), conics[0].numpy(),
+            opacities[ids].contiguous().numpy(), comps[0].numpy(), rasterize_mode == "antialiased", tile_size,
+            tile_width, tile_height, tile[0], tile[1],
+        )  # fmt: skip
+        return _Tile(ids[torch.from_numpy(rows)], torch.from_numpy(m2), torch.from_numpy(co), torch.from_numpy(op),
+                     torch.from_numpy(boxes))  # fmt: skip
+    import gsplat  # lazy: the CUDA path projects with gsplat's own kernel, as the full render does
+
+    radii, means2d, depths, conics, comps = gsplat.fully_fused_projection(
+        means[ids], None, quats[ids], scales[ids], viewmat[None], K[None], width, height, eps2d=eps2d,
+        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, packed=False,
+        calc_compensations=rasterize_mode == "antialiased",
+    )  # fmt: skip
     opac = opacities[ids]
     if rasterize_mode == "antialiased":
         opac = opac * comps[0]
-    tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     boxes = torch.stack(tile_boxes(means2d, radii, tile_size, tile_width, tile_height), dim=-1)[0]  # [M, 4]
     live = radii[0] > 0
     # front to back, ties by index: the order of the full render's stable sort restricted to these Gaussians
@@ -321,7 +333,7 @@ def render_pixels(
                               constants=cache.constants)  # fmt: skip
         cache.culls += 1
         tiles[(tx, ty)] = _project_tile(ids.to(device), means, quats, scales, opacities, viewmat, K, width, height,
-                                        eps2d, near_plane, far_plane, radius_clip, tile_size, rasterize_mode)  # fmt: skip
+                                        eps2d, near_plane, far_plane, radius_clip, tile_size, rasterize_mode, (tx, ty))  # fmt: skip
     backend = composite or ("torch" if means.is_cuda else "numba")
     run = _composite_numba if backend == "numba" else _composite_torch
     D = colors.shape[-1]

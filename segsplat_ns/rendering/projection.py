@@ -14,10 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Projected", "finish_render", "gsplat_info", "isect_keys", "prepare", "project", "spherical_harmonics",
+__all__ = ["Projected", "finish_render", "gsplat_info", "isect_keys", "prepare", "project", "project_numba", "project_torch",
+           "spherical_harmonics",
            "tile_boxes"]
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -45,13 +47,48 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
 
 
 def project(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
-             radius_clip, covars=None):
-    """gsplat's ``fully_fused_projection`` (pinhole, packed=False), differentiable.
+            radius_clip, covars=None):
+    """gsplat's ``fully_fused_projection`` (pinhole, packed=False).
 
     Returns radii [C,N] int32, means2d [C,N,2], depths [C,N], conics [C,N,3],
     compensations [C,N], covar2d [C,N,3] (a, b, c of the blurred 2D covariance).
     Values of culled entries are finite but meaningless (gsplat leaves them uninitialised).
+    Differentiable (:func:`project_torch`) when a gradient can reach the geometry or the camera; otherwise one
+    numba pass (:mod:`~segsplat_ns.rendering._projection_kernel`), which every inference render and the pixel
+    query share.
     """
+    inputs = (means, quats, scales, viewmats, Ks)
+    if (covars is not None or means.device.type != "cpu" or means.dtype not in (torch.float32, torch.float64)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in inputs))):  # fmt: skip
+        return project_torch(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+                             radius_clip, covars)  # fmt: skip
+    return project_numba(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip)
+
+
+def project_numba(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip):
+    """:func:`project` in one numba pass (CPU, no gradients; float64 arithmetic, outputs in the means' dtype)."""
+    from segsplat_ns.rendering import _projection_kernel
+    from segsplat_ns.rendering._numba_kernels import KERNEL_LOCK
+
+    C, N, dtype = viewmats.shape[0], means.shape[0], means.dtype
+
+    def array(*shape):
+        return np.empty(shape, dtype=np.float32 if dtype == torch.float32 else np.float64)
+
+    radii = np.empty((C, N), np.int32)
+    means2d, depths, conics, comps, covar2d = array(C, N, 2), array(C, N), array(C, N, 3), array(C, N), array(C, N, 3)
+    with KERNEL_LOCK:
+        _projection_kernel.project(*(t.detach().contiguous().numpy() for t in (means, quats, scales)),
+                                   viewmats.detach().double().contiguous().numpy(),
+                                   Ks.detach().double().contiguous().numpy(), float(width), float(height),
+                                   float(eps2d), float(near_plane), float(far_plane), float(radius_clip), radii,
+                                   means2d, depths, conics, comps, covar2d)  # fmt: skip
+    return tuple(torch.from_numpy(a) for a in (radii, means2d, depths, conics, comps, covar2d))
+
+
+def project_torch(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+                  radius_clip, covars=None):
+    """:func:`project` in PyTorch ops (any device; differentiable by autograd)."""
     R = viewmats[:, :3, :3]  # [C,3,3]
     t = viewmats[:, :3, 3]  # [C,3]
     mean_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C,N,3]
