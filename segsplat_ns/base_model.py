@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -47,10 +47,31 @@ class SegSplatModelConfig(SplatfactoModelConfig):
     """Stage one: splatfacto RGB steps; after them the geometry freezes and only features train (not with init-from)."""
     init_from: Optional[Path] = None
     """A splatfacto run (config.yml, nerfstudio_models/ or step-*.ckpt) whose Gaussians replace stage one."""
+    preset: Literal["paper", "segsplat"] = "segsplat"
+    """Fills the fields left unset: the published method ("paper") or ours ("segsplat"); docs/<method>.md lists both."""
+
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    """Per preset, the value of every preset-controlled field (a field whose default is None); empty: one definition."""
 
     def __post_init__(self) -> None:
         if self.init_from is not None:
             self.init_from = Path(self.init_from)
+
+    def resolve_preset(self) -> Dict[str, Any]:
+        """Fill each preset-controlled field left None from ``presets[preset]`` (a value given on the command line
+        wins); returns what was filled. Called when the model is built, not in ``__post_init__``: nerfstudio's
+        command line copies the registered config's values, so a filled-in default could not be replaced by
+        ``--pipeline.model.preset``."""
+        if not self.presets:
+            return {}
+        if self.preset not in self.presets:
+            raise ValueError(f"unknown preset {self.preset!r}: choose one of {', '.join(sorted(self.presets))}")
+        filled = {}
+        for name, value in self.presets[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+                filled[name] = value
+        return filled
 
 
 
@@ -66,6 +87,9 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
 
     # ---- construction -------------------------------------------------------------------------------
     def populate_modules(self) -> None:
+        filled = self.config.resolve_preset()
+        if filled:
+            CONSOLE.log(f"preset {self.config.preset}: " + ", ".join(f"{k}={v}" for k, v in filled.items()))
         self._loaded_gaussians: Optional[Dict[str, torch.Tensor]] = None
         self._pixel_state: Optional[tuple] = None  # what render_pixels' kept geometry and projections belong to
         if self.config.init_from is not None:
@@ -151,6 +175,14 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         super().step_post_backward(step)
 
     # ---- rendering -----------------------------------------------------------------------------------
+    feature_geometry_keys: ClassVar[Tuple[str, ...]] = ()
+    """Per-Gaussian parameters besides the RGB geometry that :meth:`feature_geometry` reads (e.g. a segmentation
+    opacity): the pixel query's kept geometry is dropped when they change."""
+
+    def feature_geometry(self, crop_ids: Optional[torch.Tensor], detach: bool) -> Dict[str, torch.Tensor]:
+        """The activated geometry feature maps are rendered through. Default: the RGB splat's (``geometry``)."""
+        return self.geometry(crop_ids, detach)
+
     def render_features(
         self,
         colors: torch.Tensor,
@@ -161,7 +193,7 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         """Alpha-composite any per-Gaussian vectors [N, C] through the frozen geometry: ([H, W, C], [H, W, 1])."""
         viewmat, K, width, height = self.camera_setup(camera, 1)
         # joint training lets the feature loss reach the geometry; otherwise it is frozen here
-        geometry = self.geometry(crop_ids, detach=self.freezes_geometry or not self.training)
+        geometry = self.feature_geometry(crop_ids, detach=self.freezes_geometry or not self.training)
         if crop_ids is not None:
             colors = colors[crop_ids]
         backgrounds = None if background is None else background[None]
@@ -180,10 +212,11 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         from segsplat_ns.rendering.pixel_query import PixelCache, render_pixels
 
         viewmat, K, width, height = self.camera_setup(camera, 1)
-        state = tuple((p.data_ptr(), p._version, p.shape[0]) for p in (self.gauss_params[k] for k in GEOMETRY_KEYS))
+        keys = GEOMETRY_KEYS + self.feature_geometry_keys
+        state = tuple((p.data_ptr(), p._version, p.shape[0]) for p in (self.gauss_params[k] for k in keys))
         if self._pixel_state != state:
             self._pixel_state = state
-            self._pixel_geometry = self.geometry(None, detach=True)
+            self._pixel_geometry = self.feature_geometry(None, detach=True)
             self._pixel_cache = PixelCache()
         geometry = self._pixel_geometry
         return render_pixels(

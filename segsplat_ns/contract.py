@@ -16,6 +16,7 @@ Hooks, by who calls them:
 ``scale_for_level``        a level -> a scale inside its range (levels only; viewer, CLI)
 ``labels_at_scale``        every Gaussian's discrete label, or None to cluster ``decomposition_features``
 ``decomposition_features`` per-Gaussian vectors HDBSCAN clusters into a decomposition
+``decomposition_options``  the clustering settings the paper fixes (share of Gaussians clustered), or none
 ``text_support``           class attribute: how the method answers text prompts ("" = it does not)
 ``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
 ``inference_variants``     class attribute: named inference-time option sets the bench reports as ablation rows
@@ -202,6 +203,11 @@ class MethodContract:
     def decomposition_features(self, scale: float) -> torch.Tensor:
         """Per-Gaussian vectors [N, C] whose clusters are the segments at a scale."""
         raise NotSupported(f"{type(self).__name__} does not decompose the scene")
+
+    def decomposition_options(self) -> Dict[str, Any]:
+        """Keyword arguments of :func:`segsplat_ns.decompose.decompose` the method's paper fixes (e.g. the share of
+        Gaussians clustered); a caller's own arguments win. Default: none."""
+        return {}
 
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
         """Every Gaussian's relevancy to a text query (and the method's selection, if it makes one)."""

@@ -323,11 +323,12 @@ class Segmenter:
             fixed = labels.detach().cpu()
             return lambda: fixed
         features = self.model.decomposition_features(scale).detach().clone()
+        options = {**self.model.decomposition_options(), **kwargs}
 
         def cluster() -> torch.Tensor:
             from segsplat_ns.decompose import decompose
 
-            return decompose(features, **kwargs).cpu()
+            return decompose(features, **options).cpu()
 
         return cluster
 

@@ -25,9 +25,13 @@ def bench_run(tmp_path_factory):
 def test_bench_writes_one_row_per_run_in_markdown_and_json(bench_run):
     workdir, _, result = bench_run
     record = json.loads((workdir / "out" / "bench.json").read_text())
-    # the paper's defaults, then each inference variant the method declares (an ablation row on the same run)
+    # each preset (the paper's, ours), then each inference variant the method declares (an ablation row on the
+    # same run)
     rows = record["rows"]
-    assert [r["method"] for r in rows] == ["saga", "saga (text-query majority)"]
+    assert [r["method"] for r in rows] == ["saga (paper)", "saga (paper, text-query majority)", "saga (segsplat)",
+                                           "saga (segsplat, text-query majority)"]
+    assert rows[2]["feature_stage_s"] != rows[0]["feature_stage_s"]  # two trainings
+    rows = rows[2:]
     row = rows[0]
     assert row["seed"] == 3 and rows[1]["feature_stage_s"] == row["feature_stage_s"]
     for r in rows:  # text prompts on the scene's stand-in for CLIP
@@ -40,7 +44,8 @@ def test_bench_writes_one_row_per_run_in_markdown_and_json(bench_run):
     assert row["seg_object_miou"] > 0.5  # the click protocol finds the objects even after this short training
     assert row["rgb_stage_s"] > 0 and row["feature_stage_s"] > 0 and row["click_ms"] > 0
     table = (workdir / "out" / "bench.md").read_text()
-    assert "| saga | 3 |" in table and "| saga (text-query majority) | 3 |" in table and "object mIoU" in table
+    assert "| saga (paper) | 3 |" in table and "| saga (segsplat, text-query majority) | 3 |" in table
+    assert "object mIoU" in table
     assert "text object mIoU" in table and record["command"] in table
 
 
@@ -53,7 +58,7 @@ def test_bench_reuses_finished_runs_and_matches_ns_eval(bench_run):
     second = json.loads((workdir / "out" / "bench.json").read_text())["rows"][0]
     assert second["feature_stage_s"] == first["feature_stage_s"]
 
-    config = next((workdir / "out" / "seed3" / "runs" / "saga").rglob("config.yml"))
+    config = next((workdir / "out" / "seed3" / "runs" / "saga-paper").rglob("config.yml"))
     result = run([str(BIN / "ns-eval"), "--load-config", str(config), "--output-path", str(workdir / "eval.json")], cwd=workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((workdir / "eval.json").read_text())["results"]

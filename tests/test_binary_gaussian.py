@@ -322,7 +322,7 @@ def test_anchor_normalisation_by_hand():
     assert progressive_contrastive_loss(features, groups, (2,), "anchor").item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp_path):
+def test_finalized_model_stores_a_four_byte_code_per_gaussian_and_labels_by_prefix(tmp_path):
     pytest.importorskip("sklearn")
     try:
         model = _small_model(6)
@@ -344,7 +344,9 @@ def test_finalized_model_stores_four_bytes_per_gaussian_and_labels_by_prefix(tmp
     per_gaussian = {k: v for k, v in state.items() if v.dim() >= 1 and v.shape[0] == 6 and "gauss_params.means" not in k}
     segmentation = {k: v for k, v in per_gaussian.items() if k.split(".")[-1] not in
                     ("scales", "quats", "features_dc", "features_rest", "opacities")}
-    assert sum(v.numel() * v.element_size() for v in segmentation.values()) == 4 * 6
+    # the int32 code, and the float32 segmentation opacity (opacity-mode separate: the RGB splat keeps its own)
+    assert {k: v.numel() * v.element_size() for k, v in segmentation.items() if v.numel()} == {"binary_codes": 4 * 6,
+                                                                               "gauss_params.seg_opacities": 4 * 6}
     assert state["binary_codes"].dtype == torch.int32
     # levels: coarse groups {0,1,2} and {3,4,5}; level 2 splits 0 from 1, 2
     model.level_scale_sum.copy_(torch.tensor([0.8, 0.3, 0.0]))
@@ -464,7 +466,7 @@ def test_level_option_is_refused_for_a_continuous_scale(trained, workdir):
 def test_opacity_lr_is_two_percent_in_the_feature_stage():
     from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
 
-    config = BinaryGaussianModelConfig(rgb_steps=10, random_init=True, num_random=6)
+    config = BinaryGaussianModelConfig(rgb_steps=10, random_init=True, num_random=6, opacity_mode="shared")
     model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
     opacities = model.gauss_params["opacities"]
     optimizers = _Optimizers({"opacities": torch.optim.Adam([opacities], lr=0.05)})
@@ -476,23 +478,61 @@ def test_opacity_lr_is_two_percent_in_the_feature_stage():
     assert optimizers.optimizers["opacities"].param_groups[0]["lr"] == pytest.approx(0.001)
 
 
-def test_opacity_receives_gradients_from_the_feature_render_only_when_fine_tuned():
-    """Sec. 3.5: the feature stage's render is differentiable in the opacities (and in nothing else of the geometry)."""
+def _opacity_camera():
     from nerfstudio.cameras.cameras import Cameras
 
+    return Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]]),
+                   fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_opacity_receives_gradients_from_the_feature_render_only_when_fine_tuned(mode):
+    """Sec. 3.5: the feature stage's render is differentiable in the opacity it reads (and in nothing else of the
+    geometry): the segmentation copy in "separate" mode, the RGB splat's own in "shared" mode."""
     from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
 
-    camera = Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]]),
-                     fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+    camera = _opacity_camera()
+    tuned_key = "seg_opacities" if mode == "separate" else "opacities"
     for finetune in (True, False):
         torch.manual_seed(0)
         config = BinaryGaussianModelConfig(rgb_steps=0, random_init=True, num_random=50, random_scale=1.0,
-                                           opacity_finetune=finetune)
+                                           opacity_finetune=finetune, opacity_mode=mode)
         model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
         model.train()
         features, _ = model.render_features(model.feature_colors(), camera)
         features.sum().backward()
         params = model.gauss_params
         assert model.latent.grad is not None and model.latent.grad.abs().sum() > 0
-        assert (params["opacities"].grad is not None and params["opacities"].grad.abs().sum() > 0) == finetune
-        assert all(params[key].grad is None for key in ("means", "scales", "quats"))
+        assert (params[tuned_key].grad is not None and params[tuned_key].grad.abs().sum() > 0) == finetune
+        others = {"means", "scales", "quats", "opacities", "seg_opacities"} - {tuned_key}
+        assert all(params[key].grad is None for key in others)
+
+
+def test_separate_opacity_leaves_the_rgb_render_and_the_export_unchanged():
+    """By default the feature stage tunes a copy of the opacities made when the stage starts: after an optimizer
+    step the RGB render is bit-identical and the features are rendered with the tuned copy."""
+    from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
+
+    camera = _opacity_camera()
+    torch.manual_seed(0)
+    config = BinaryGaussianModelConfig(rgb_steps=0, random_init=True, num_random=50, random_scale=1.0)
+    model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+    model.eval()
+    with torch.no_grad():
+        rgb_before = model.get_outputs_for_camera(camera)["rgb"].clone()
+    model.train()
+    opacities_before = model.gauss_params["opacities"].detach().clone()
+    features, _ = model.render_features(model.feature_colors(), camera)
+    assert bool(model.seg_opacity_copied)
+    assert torch.equal(model.gauss_params["seg_opacities"].detach(), opacities_before)
+    optimizer = torch.optim.Adam([model.gauss_params["seg_opacities"]], lr=0.05)
+    features.sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        rgb_after = model.get_outputs_for_camera(camera)["rgb"]
+        tuned = model.feature_geometry(None, detach=True)["opacities"]
+    assert torch.equal(model.gauss_params["opacities"].detach(), opacities_before)
+    assert torch.equal(rgb_after, rgb_before)
+    assert not torch.equal(model.gauss_params["seg_opacities"].detach(), opacities_before)
+    assert torch.equal(tuned, torch.sigmoid(model.gauss_params["seg_opacities"].detach()).reshape(-1))

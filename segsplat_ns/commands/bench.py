@@ -97,6 +97,8 @@ class Bench:
     """Stage one steps (the RGB splat, shared by all methods of a seed)."""
     feature_steps: int = 1500
     """Stage two steps of each method."""
+    presets: Tuple[str, ...] = ("paper", "segsplat")
+    """Presets run for each method that has them (--pipeline.model.preset; rows "method (preset)"); none: defaults."""
     extra_args: Tuple[str, ...] = ()
     """ns-train flags for every feature run: everything after --extra-args, verbatim (must come last)."""
     fresh: bool = False
@@ -115,18 +117,20 @@ class Bench:
         for seed in self.seeds:
             scene = self.scene(seed)
             rgb_config, rgb_seconds = None, 0.0
-            for method in self.methods:
+            for method, preset in self.runs():
+                preset_args = ["--pipeline.model.preset", preset] if preset else []
                 if get_method(method).model_class.freezes_geometry:
                     if rgb_config is None:  # the shared RGB splat, trained once per seed
                         rgb_config, rgb_seconds = self.train(scene, seed, "rgb", [method, *self.rgb_args()])
                     args = [method, "--pipeline.model.init-from", str(rgb_config), *self.language_args(scene),
-                            *self.feature_args(method)]
+                            *preset_args, *self.feature_args(method)]
                 else:  # trained jointly with its own RGB splat from scratch, for as many steps as both stages
-                    args = [method, *self.language_args(scene), *self.joint_args(method)]
-                config, seconds = self.train(scene, seed, method, args)
+                    args = [method, *self.language_args(scene), *preset_args, *self.joint_args(method)]
+                config, seconds = self.train(scene, seed, f"{method}-{preset}" if preset else method, args)
                 variants = {"": {}, **get_method(method).model_class.inference_variants}
-                for variant, overrides in variants.items():  # the paper's defaults, then each named improvement
-                    name = f"{method} ({variant})" if variant else method
+                for variant, overrides in variants.items():  # the preset's defaults, then each named improvement
+                    name = f"{method} ({', '.join(part for part in (preset, variant) if part)})" if preset or variant \
+                        else method
                     joint = not get_method(method).model_class.freezes_geometry
                     row = {"seed": seed, "method": name, "rgb_stage_s": 0.0 if joint else rgb_seconds,
                            "feature_stage_s": seconds, **self.run_facts(config)}
@@ -146,6 +150,18 @@ class Bench:
         return 0
 
     # ---- steps ------------------------------------------------------------------------------------------
+    def runs(self) -> List[Tuple[str, str]]:
+        """(method, preset) of each feature run: every requested preset the method defines ("" for a method
+        with one definition)."""
+        runs = []
+        for method in self.methods:
+            defined = type(get_method(method).specification.config.pipeline.model).presets
+            unknown = [preset for preset in self.presets if preset not in defined] if defined else []
+            if unknown:
+                raise SegsplatError(f"{method} has no preset {', '.join(unknown)}: it defines {', '.join(defined)}")
+            runs += [(method, preset) for preset in self.presets] if defined and self.presets else [(method, "")]
+        return runs
+
     def scene(self, seed: int) -> Path:
         from segsplat_ns.synthetic import SceneConfig, make_scene
 

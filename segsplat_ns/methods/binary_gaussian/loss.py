@@ -30,14 +30,17 @@ __all__ = [
     "virtual_negative_loss",
     "PairNormalisation",
     "VirtualNegativePer",
+    "PairDistance",
 ]
 
 _SURROGATE_EPS = 1e-12
 
-PairNormalisation = Literal["pairs", "anchor"]
+PairNormalisation = Literal["pairs", "anchor", "split"]
 """How each level's Eq. 6 sum is scaled (:func:`progressive_contrastive_loss`)."""
 VirtualNegativePer = Literal["pixel", "group"]
 """What Eq. 7's sum is averaged over (:func:`virtual_negative_loss`)."""
+PairDistance = Literal["l2", "squared"]
+"""The distance of Eq. 5-6 (:func:`progressive_pair_losses`)."""
 
 def ste_binarize(x: Tensor) -> Tensor:
     """Eq. 3: ``stop_grad(I(x > 0.5) - x) + x``. Forward exactly {0, 1}; gradient the identity.
@@ -64,21 +67,31 @@ def _pair_distance(binary: Tensor, continuous: Tensor) -> Tensor:
 
 
 def progressive_pair_losses(
-    features: Tensor, groups: Tensor, widths: Sequence[int]
+    features: Tensor, groups: Tensor, widths: Sequence[int], distance: PairDistance = "l2"
 ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
     """Eq. 5-6 per pair: for each level, (values [P, P], positive [P, P] bool, negative [P, P] bool).
 
     value = ||F̄_p^l - F̄_q^l||_2 if M_p^l = M_q^l (positive); D_l - ||F̄_p^l - F̄_q^l||_2 if M_p^l != M_q^l but
     M_p^{l-1} = M_q^{l-1} (negative; at level 1 every valid pair has the same parent); 0 otherwise. The diagonal
     and excluded pixels (group -1) are in neither set. ``features`` are the continuous rendered F [P, D].
+
+    The margin D_l is never reached: binary codes of D_l bits are at most sqrt(D_l) apart, so the negative case is
+    D_l - ||.|| >= D_l - sqrt(D_l) > 0 and keeps pushing every negative pair apart, with a unit-size gradient (a
+    constant offset, not a hinge). ``distance="squared"`` is the authors' partial code: the squared distance (the
+    Hamming count of binary codes, at most D_l) with a hinge max(0, D_l - d^2), which likewise never clips before
+    every bit differs; its gradient grows with the distance.
     """
+    if distance not in ("l2", "squared"):
+        raise ValueError(f"distance={distance!r}: choose 'l2' or 'squared'")
     binary = ste_binarize(features)
     p = features.shape[0]
     valid = groups[0] >= 0
     pair_valid = valid[:, None] & valid[None, :] & ~torch.eye(p, dtype=torch.bool, device=features.device)
     values, positives, negatives = [], [], []
     for level, (start, end) in enumerate(level_slices(widths)):
-        distance = _pair_distance(binary[:, start:end], features[:, start:end])
+        dist = _pair_distance(binary[:, start:end], features[:, start:end])
+        if distance == "squared":
+            dist = dist * dist
         same = groups[level][:, None] == groups[level][None, :]
         if level == 0:
             same_parent = torch.ones_like(same)
@@ -86,7 +99,10 @@ def progressive_pair_losses(
             same_parent = groups[level - 1][:, None] == groups[level - 1][None, :]
         positive = pair_valid & same
         negative = pair_valid & ~same & same_parent
-        value = torch.where(positive, distance, torch.where(negative, float(end - start) - distance, torch.zeros_like(distance)))
+        margin = float(end - start) - dist
+        if distance == "squared":
+            margin = margin.clamp_min(0.0)
+        value = torch.where(positive, dist, torch.where(negative, margin, torch.zeros_like(dist)))
         values.append(value)
         positives.append(positive)
         negatives.append(negative)
@@ -94,16 +110,27 @@ def progressive_pair_losses(
 
 
 def progressive_contrastive_loss(
-    features: Tensor, groups: Tensor, widths: Sequence[int], normalisation: PairNormalisation = "pairs"
+    features: Tensor, groups: Tensor, widths: Sequence[int], normalisation: PairNormalisation = "pairs",
+    distance: PairDistance = "l2",
 ) -> Tensor:
     """sum_l L_level-l of Eq. 6. ``normalisation`` (the paper sums over pairs without saying how it is scaled):
     "pairs": the mean over the ordered pairs (p != q) the level constrains (cases 1 and 2);
+    "split": the mean over the positive pairs plus the mean over the negative pairs (the authors' partial code,
+    ``corr[pos].mean() + relu(...)[neg].mean()``);
     "anchor": per pixel p, the mean over its positive pairs plus the mean over its negative pairs, averaged over
     the pixels that have such pairs, so every pixel is pulled towards its group as strongly as it is pushed away
     from the others, whatever the group's size."""
-    values, positives, negatives = progressive_pair_losses(features, groups, widths)
+    if normalisation not in ("pairs", "anchor", "split"):
+        raise ValueError(f"normalisation={normalisation!r}: choose 'pairs', 'split' or 'anchor'")
+    values, positives, negatives = progressive_pair_losses(features, groups, widths, distance)
     total = features.new_zeros(())
     for value, positive, negative in zip(values, positives, negatives):
+        if normalisation == "split":
+            for chosen in (positive, negative):
+                count = int(chosen.sum())
+                if count > 0:
+                    total = total + (value * chosen).sum() / count
+            continue
         if normalisation == "anchor":
             for chosen in (positive, negative):
                 per_anchor = chosen.sum(-1)

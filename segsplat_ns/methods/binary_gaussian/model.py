@@ -29,7 +29,7 @@ What the paper adds (the maths is in the sibling modules :mod:`.codes`, :mod:`.l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -65,6 +65,7 @@ from segsplat_ns.methods.binary_gaussian.levels import (
     scale_bin,
 )
 from segsplat_ns.methods.binary_gaussian.loss import (
+    PairDistance,
     PairNormalisation,
     VirtualNegativePer,
     binarization_loss,
@@ -92,10 +93,12 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     """Pixels sampled by mask-balanced sampling per image (paper: 8k), split evenly over num-balanced-masks."""
     num_balanced_masks: int = 16
     """Masks drawn at random per image for mask-balanced sampling."""
+    uncovered_pixels: Literal["drop", "keep"] = "drop"
+    """Uniform pixels no mask covers: dropped (authors' code) or kept."""
     nest_fraction: float = 0.45
     """Masks -> levels (ours): a larger mask covering at least this fraction of a mask is its ancestor."""
-    reg_warmup_steps: int = 500
-    """lambda_reg of Eq. 9 ramps linearly from 0 over this many feature steps (ours; paper: none)."""
+    reg_warmup_steps: Optional[int] = None
+    """lambda_reg of Eq. 9 ramps linearly from 0 over this many feature steps (preset: paper 0, segsplat 500)."""
     lambda_reg: float = 10.0
     """lambda_reg: weight of the binarisation regulariser L_reg (Eq. 8-9; paper 10)."""
     lambda_guiding: float = 1.0
@@ -103,21 +106,33 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     lambda_con: float = 1.0
     """lambda_con: weight of the progressive contrastive loss sum_l L_level-l (Eq. 5-6, 9; paper 1)."""
     opacity_finetune: bool = True
-    """Let the opacities receive gradients in the feature stage (Sec. 3.5)."""
+    """Fine-tune the opacity the features are rendered with in the feature stage (Sec. 3.5)."""
+    opacity_mode: Literal["separate", "shared"] = "separate"
+    """Fine-tune a segmentation copy of the opacities (authors' code; RGB splat unchanged) or the RGB splat's own."""
     opacity_lr_factor: float = 0.02
     """Opacity learning rate in the feature stage as a fraction of its initial one (paper: 2%, 0.05 -> 0.001)."""
     finalize_codes: bool = True
     """At the last training step, store each Gaussian's code as one int32 and drop the float latent."""
-    vote_codes: bool = True
-    """Stored f̄_i: render-weighted vote of the binarised rendered bits (Eq. 3) over the training views (ours); off: I(f_i > 0.5)."""
-    snap_radius: int = 2
-    """Code clean-up after the vote (ours, vote.snap_codes): Hamming radius inside each parent group; 0: off."""
-    snap_query: bool = True
-    """Class_p^l (Sec. 3.6) replaced by the nearest stored prefix, level by level (ours, codes.PrefixTable)."""
-    virtual_negative_per: VirtualNegativePer = "pixel"
-    """What Eq. 7's sum is averaged over (ours): every covered sampled "pixel", or the positive-only "group" pixels."""
-    pair_normalisation: PairNormalisation = "anchor"
-    """Scaling of each level's Eq. 6 sum (ours): mean over constrained "pairs", or per "anchor" pixel."""
+    vote_codes: Optional[bool] = None
+    """Stored f̄_i: render-weighted vote of the rendered bits over the training views, or I(f_i > 0.5) (preset)."""
+    snap_radius: Optional[int] = None
+    """Code clean-up after the vote: Hamming radius inside each parent group; 0: off (preset: paper 0, segsplat 2)."""
+    snap_query: Optional[bool] = None
+    """Class_p^l (Sec. 3.6) replaced by the nearest stored prefix, level by level (preset: paper off)."""
+    virtual_negative_per: Optional[VirtualNegativePer] = None
+    """What Eq. 7's sum is averaged over: every covered sampled "pixel", or the positive-only "group" pixels (preset)."""
+    pair_normalisation: Optional[PairNormalisation] = None
+    """Scaling of each level's Eq. 6 sum: "split" (code), per "anchor" pixel, or over all "pairs" (preset)."""
+    pair_distance: PairDistance = "l2"
+    """Eq. 5-6's distance: ||.||_2 with the margin D_l (paper) or its square with a hinge (authors' partial code)."""
+
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {
+        # the paper, and the authors' partial code where the paper is silent (docs/binary-gaussian.md, "Presets")
+        "paper": {"reg_warmup_steps": 0, "vote_codes": False, "snap_radius": 0, "snap_query": False,
+                  "virtual_negative_per": "group", "pair_normalisation": "split"},
+        "segsplat": {"reg_warmup_steps": 500, "vote_codes": True, "snap_radius": 2, "snap_query": True,
+                     "virtual_negative_per": "pixel", "pair_normalisation": "anchor"},
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,6 +158,7 @@ class BinaryGaussianModel(SegSplatModel):
         self._level_bins: List[int] = []
         self._level_bins_key: Optional[Tuple[float, ...]] = None
         self._opacity_base_lr: Optional[List[float]] = None
+        self.register_buffer("seg_opacity_copied", torch.tensor(False))
 
     def initial_features(self, num_points: int) -> Tensor:
         # near the 0.5 threshold: random initial bits that the first few hundred steps can still flip
@@ -229,6 +245,10 @@ class BinaryGaussianModel(SegSplatModel):
             self._memo.clear()
 
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
+        if "gauss_params.seg_opacities" not in dict and "gauss_params.opacities" in dict:
+            # a run saved before the segmentation opacity existed tuned the shared one: the features keep reading it
+            dict = {**dict, "gauss_params.seg_opacities": dict["gauss_params.opacities"].reshape(-1, 1).clone(),
+                    "seg_opacity_copied": torch.tensor(True)}
         latent_key = f"gauss_params.{self.feature_key}"
         if latent_key in dict:
             self.latent.data = self.latent.data.new_zeros(dict[latent_key].shape)
@@ -238,13 +258,36 @@ class BinaryGaussianModel(SegSplatModel):
         self._memo.clear()
 
     # ---- stage two: opacity fine-tuning and finalisation ---------------------------------------------
-    def geometry(self, crop_ids: Optional[Tensor], detach: bool) -> Dict[str, Tensor]:
-        geometry = super().geometry(crop_ids, detach)
-        if detach and self.config.opacity_finetune and self.training and self.in_feature_stage:
-            opacities = self.gauss_params["opacities"]
-            if crop_ids is not None:
-                opacities = opacities[crop_ids]
-            geometry["opacities"] = torch.sigmoid(opacities).squeeze(-1)  # the only geometry with a gradient
+    feature_geometry_keys = ("seg_opacities",)
+
+    def extra_gaussian_params(self, num_points: int) -> Dict[str, Tensor]:
+        # the segmentation opacity (logit, as "opacities"); a copy of the RGB splat's at the feature stage's start
+        return {**super().extra_gaussian_params(num_points), "seg_opacities": torch.zeros(num_points, 1)}
+
+    def seg_opacities_ready(self) -> bool:
+        """Whether ``seg_opacities`` holds the feature stage's opacities (copied once when the stage starts)."""
+        return bool(self.seg_opacity_copied)
+
+    def feature_geometry(self, crop_ids: Optional[Tensor], detach: bool) -> Dict[str, Tensor]:
+        """The RGB geometry with the opacity the features are fine-tuned with (Sec. 3.5): in "separate" mode a
+        segmentation copy made when the feature stage starts (the RGB splat and its export keep theirs), in
+        "shared" mode the RGB splat's own. The only geometry with a gradient, while the feature stage trains."""
+        geometry = self.geometry(crop_ids, detach)
+        separate = self.config.opacity_mode == "separate"
+        if separate and self.in_feature_stage and not self.seg_opacities_ready():
+            with torch.no_grad():
+                self.gauss_params["seg_opacities"].copy_(self.gauss_params["opacities"].reshape(-1, 1))
+                self.seg_opacity_copied.fill_(True)
+        key = "seg_opacities" if separate and self.seg_opacities_ready() else "opacities"
+        tuned = self.config.opacity_finetune and self.training and self.in_feature_stage
+        if detach and not tuned and key == "opacities":
+            return geometry
+        opacities = self.gauss_params[key]
+        if crop_ids is not None:
+            opacities = opacities[crop_ids]
+        if not tuned:
+            opacities = opacities.detach()
+        geometry["opacities"] = torch.sigmoid(opacities).reshape(-1)
         return geometry
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
@@ -266,6 +309,10 @@ class BinaryGaussianModel(SegSplatModel):
         return callbacks
 
     def _set_opacity_lr(self, optimizers, step: int) -> None:
+        """"shared" mode: the RGB opacities' learning rate drops to ``opacity_lr_factor`` of theirs in the feature
+        stage ("separate" mode: the segmentation copy has its own optimizer at that rate, method_configs)."""
+        if self.config.opacity_mode != "shared":
+            return
         optimizer = optimizers.optimizers.get("opacities")
         if optimizer is None:
             return
@@ -332,7 +379,8 @@ class BinaryGaussianModel(SegSplatModel):
             bins = (scales.clamp(0.0, 1.0) * SCALE_BINS).long().clamp(max=SCALE_BINS - 1)
             self.level_scale_hist.index_put_((levels, bins), torch.ones_like(scales).to(self.level_scale_hist), accumulate=True)
         pixel_ids = mask_balanced_pixels(
-            masks, self.config.num_random_pixels, self.config.num_mask_pixels, self.config.num_balanced_masks
+            masks, self.config.num_random_pixels, self.config.num_mask_pixels, self.config.num_balanced_masks,
+            covered_only=self.config.uncovered_pixels == "drop",
         )
         membership = masks.reshape(masks.shape[0], -1)[:, pixel_ids].T  # [P, M]
         groups = pixel_level_groups(membership, scales, levels, self.num_levels)
@@ -342,7 +390,8 @@ class BinaryGaussianModel(SegSplatModel):
             "virtual_negative_loss": self.config.lambda_guiding
             * virtual_negative_loss(sampled, groups, self.widths, self.config.virtual_negative_per),
             "progressive_contrastive_loss": self.config.lambda_con
-            * progressive_contrastive_loss(sampled, groups, self.widths, self.config.pair_normalisation),
+            * progressive_contrastive_loss(sampled, groups, self.widths, self.config.pair_normalisation,
+                                           self.config.pair_distance),
         }
 
     def reg_weight(self) -> float:

@@ -10,7 +10,7 @@ One training step of the SAGA model, in terms of this module (``knn_indices`` / 
     idx   = knn_indices(means, k=16)                          # once, geometry is frozen
     f3d   = knn_smooth(normalize(f), means, idx=idx, dropout=0.5)   # Sec. 3.3 local smoothing
     F     = render(normalize(f3d))                             # Eq. 10, [H, W, D], unnormalised
-    px    = sampled pixels covered by at least one mask        # ~1000
+    px    = sampled pixels (covered by a mask, as the code)    # ~1000 x covered fraction
     s     = sample_training_scales(mask_scales)                # 8 random + above-max + smallest
     loss  = saga_loss(F[px], membership[px], mask_scales, mask_areas, gate, s)
 
@@ -127,27 +127,31 @@ def _pairs(x: Tensor, flat: Tensor) -> Tensor:
 
 
 def _corr_loss_pairs(
-    corr_f: Tensor, pos_e: Tensor, neg_e: Tensor, w: Optional[Tensor], clip_positives: bool, zero: Tensor
+    corr_f: Tensor, pos_e: Tensor, neg_e: Tensor, w: Optional[Tensor], clip_positives: bool, zero: Tensor,
+    denominators: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Eq. 9 on pair lists: ``corr_f`` ``[S, Q]``; ``pos_e``/``neg_e`` bool ``[S, Q]``; ``w`` ``[Q]``.
 
-    Mean of ``-w * corr_f`` over positive entries plus mean of ``w * max(corr_f, 0)`` over negative
-    entries. Dense masked sums (no boolean gather): cheap forward and backward on CPU and GPU.
+    Sum of ``-w * corr_f`` over positive entries over the number of positive entries, plus the sum of
+    ``w * max(corr_f, 0)`` over negative entries over their number; ``denominators`` replaces the two counts
+    (the authors' code: S x the selected pairs). Dense masked sums (no boolean gather): cheap forward and backward
+    on CPU and GPU.
     """
     loss = zero
     n_pos = int(pos_e.count_nonzero())
+    n_neg = int(neg_e.count_nonzero())
+    den_pos, den_neg = denominators if denominators is not None else (n_pos, n_neg)
     if n_pos > 0:
         cp = corr_f.clamp_min(0.0) if clip_positives else corr_f
         k = pos_e.to(corr_f.dtype)
         if w is not None:
             k = k * w
-        loss = loss - (cp * k).sum() / n_pos
-    n_neg = int(neg_e.count_nonzero())
+        loss = loss - (cp * k).sum() / den_pos
     if n_neg > 0:
         k = neg_e.to(corr_f.dtype)
         if w is not None:
             k = k * w
-        loss = loss + (corr_f.clamp_min(0.0) * k).sum() / n_neg
+        loss = loss + (corr_f.clamp_min(0.0) * k).sum() / den_neg
     return loss
 
 
@@ -400,6 +404,7 @@ def saga_loss(
     norm_weight: float = 1.0,
     norm_features: Optional[Tensor] = None,
     norm_squared_of_mean: bool = False,
+    normalisation: str = "entries",
     generator: Optional[torch.Generator] = None,
     stats: Optional[Dict[str, float]] = None,
 ) -> Dict[str, Tensor]:
@@ -416,6 +421,9 @@ def saga_loss(
             as the code does); default ``features_px``.
         stats: if a dict is given, it is filled with detached diagnostics (mean cosine of positive /
             negative entries, pair counts).
+        normalisation: what each Eq. 9 sum is divided by: "entries", the (scale, pair) entries it sums (ours);
+            "code", the number of scales times the selected pairs (the authors' ``.mean()`` over ``[:, Sel]``,
+            whose entries of the other sign at a scale add 0 but count).
 
     Returns ``{"saga_contrastive": ..., "saga_feature_norm": norm_weight * ...}`` (only loss terms,
     so nerfstudio can sum the dict).
@@ -441,7 +449,13 @@ def saga_loss(
         pos, cf, hard_mining, resample and hard_mining, pos_thresh, neg_thresh, generator
     )
     zero = features_px.sum() * 0.0 + gates.sum() * 0.0
-    l_corr = _corr_loss_pairs(cf, pos & pos_sel, ~pos & neg_sel, w, clip_positives, zero)
+    if normalisation not in ("entries", "code"):
+        raise ValueError(f"normalisation={normalisation!r}: choose 'entries' or 'code'")
+    denominators = None
+    if normalisation == "code":
+        S = cf.shape[0]
+        denominators = (S * int(pos_sel.count_nonzero()), S * int(neg_sel.count_nonzero()))
+    l_corr = _corr_loss_pairs(cf, pos & pos_sel, ~pos & neg_sel, w, clip_positives, zero, denominators)
     nf = features_px if norm_features is None else norm_features
     l_norm = feature_norm_loss(nf, squared_of_mean=norm_squared_of_mean)
 

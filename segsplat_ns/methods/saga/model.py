@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Type
 
 import numpy as np
 import torch
@@ -41,11 +41,13 @@ class SagaModelConfig(SegSplatModelConfig):
     feature_dim: int = 32
     """D: width of the Gaussian affinity feature f_g (paper: 32)."""
     num_sampled_pixels: int = 1000
-    """|delta(I)|: pixels sampled per image for the pairwise loss (authors' scripts: 1000 rays)."""
-    num_mask_balanced_pixels: int = 0
-    """Of the |delta(I)| pixels, how many come from randomly chosen masks (mask-balanced sampling, ours; paper: 0)."""
+    """|delta(I)|: pixels drawn per image for the pairwise loss (authors' scripts: 1000 rays)."""
+    uncovered_pixels: Literal["drop", "keep"] = "drop"
+    """Drawn pixels no mask covers: dropped (authors' code) or kept as negatives of every pixel."""
+    mask_balanced_fraction: Optional[float] = None
+    """Share of |delta(I)| drawn from randomly chosen masks (Binary-Gaussian's sampling; preset: paper 0, segsplat 0.5)."""
     num_balanced_masks: int = 16
-    """Masks drawn per image when num-mask-balanced-pixels > 0; the balanced pixels are split evenly over them."""
+    """Masks drawn per image for the mask-balanced pixels; those pixels are split evenly over them."""
     num_random_scales: int = 8
     """Random scales s per step, plus one above the largest mask and the smallest (authors' code)."""
     smooth_k: int = 16
@@ -54,6 +56,18 @@ class SagaModelConfig(SegSplatModelConfig):
     """Fraction of the K neighbours dropped at random during training (code: 0.5)."""
     norm_loss_weight: float = 1.0
     """Weight of the feature-norm regulariser L_norm = 1 - ||F(p)|| (Eq. 11; code rfn=1.0)."""
+    norm_loss_form: Optional[Literal["paper", "code", "covered"]] = None
+    """Eq. 11: mean 1-||F|| over the map ("paper"), (1-mean||F||)^2 ("code"), or over covered pixels (preset)."""
+    clip_positives: Optional[bool] = None
+    """Eq. 9's max(Corr_f, 0) on positive pairs too (paper; the code clips negatives only; preset)."""
+    loss_normalisation: Optional[Literal["code", "entries"]] = None
+    """Eq. 12's sums over S x selected pairs ("code") or over the entries they sum ("entries"; preset)."""
+    feature_init_std: Optional[float] = None
+    """Std of the initial f_g (authors' code 0.01; preset)."""
+    decompose_fraction: Optional[float] = None
+    """Share of Gaussians HDBSCAN clusters (paper 1%, code 2%; preset)."""
+    decompose_min_samples: Optional[int] = None
+    """Fewest Gaussians HDBSCAN clusters, whatever the share (paper 0; preset)."""
     positive_hard_threshold: float = 0.75
     """Hard mining: positive pairs count only while Corr_f < this (code: 0.75)."""
     negative_hard_threshold: float = 0.5
@@ -64,6 +78,16 @@ class SagaModelConfig(SegSplatModelConfig):
     """Text prompts: cosine affinity to the voted segment's query a Gaussian needs (authors' notebook: 0.85)."""
     text_query: Literal["best-mask", "majority"] = "best-mask"
     """Text prompts: the winner's most relevant mask is the query (notebook), or majority of its views' voted masks (ours)."""
+
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {
+        # the paper, and the authors' code where the paper is silent (docs/saga.md, "Presets")
+        "paper": {"mask_balanced_fraction": 0.0, "norm_loss_form": "paper", "clip_positives": True,
+                  "loss_normalisation": "code", "feature_init_std": 0.01, "decompose_fraction": 0.01,
+                  "decompose_min_samples": 0},
+        "segsplat": {"mask_balanced_fraction": 0.5, "norm_loss_form": "covered", "clip_positives": False,
+                     "loss_normalisation": "entries", "feature_init_std": 0.1, "decompose_fraction": 0.02,
+                     "decompose_min_samples": 500},
+    }
 
 
 class SagaModel(SegSplatModel):
@@ -79,6 +103,9 @@ class SagaModel(SegSplatModel):
 
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"scale_gate": list(self.scale_gate.parameters())}
+
+    def initial_features(self, num_points: int) -> torch.Tensor:
+        return torch.randn(num_points, self.config.feature_dim) * self.config.feature_init_std
 
     # ---- features -----------------------------------------------------------------------------------
     def neighbours(self) -> torch.Tensor:
@@ -120,8 +147,9 @@ class SagaModel(SegSplatModel):
         if masks.shape[1:] != (height, width):
             raise ValueError(f"masks are {tuple(masks.shape[1:])} but the feature map is {(height, width)}")
         num_pixels = min(self.config.num_sampled_pixels, height * width)
-        num_balanced = min(self.config.num_mask_balanced_pixels, num_pixels)
-        pixel_ids = mask_balanced_pixels(masks, num_pixels - num_balanced, num_balanced, self.config.num_balanced_masks)
+        num_balanced = min(round(self.config.mask_balanced_fraction * num_pixels), num_pixels)
+        pixel_ids = mask_balanced_pixels(masks, num_pixels - num_balanced, num_balanced, self.config.num_balanced_masks,
+                                         covered_only=self.config.uncovered_pixels == "drop")  # fmt: skip
         membership = masks.reshape(masks.shape[0], -1)[:, pixel_ids].T  # [P, M]
         mask_areas = masks.reshape(masks.shape[0], -1).sum(-1).float()
         flat_features = features.reshape(-1, features.shape[-1])
@@ -136,12 +164,24 @@ class SagaModel(SegSplatModel):
             pos_thresh=self.config.positive_hard_threshold,
             neg_thresh=self.config.negative_hard_threshold,
             norm_weight=self.config.norm_loss_weight,
-            # Eq. 11 over the whole rendered map, as the code does, minus empty background where F(p) = 0
-            norm_features=flat_features[outputs["feature_alpha"].reshape(-1) > 0.5],
+            norm_features=self.norm_pixels(flat_features, outputs["feature_alpha"]),
+            norm_squared_of_mean=self.config.norm_loss_form == "code",
+            clip_positives=self.config.clip_positives,
+            normalisation=self.config.loss_normalisation,
         )
         return {"correspondence_loss": terms["saga_contrastive"], "feature_norm_loss": terms["saga_feature_norm"]}
 
+    def norm_pixels(self, flat_features: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The rendered features Eq. 11 averages over: the whole map ("paper", "code": as the authors' code), or
+        the pixels the splat covers ("covered": not the empty background, where F(p) = 0 is no fault of f_g)."""
+        if self.config.norm_loss_form == "covered":
+            return flat_features[alpha.reshape(-1) > 0.5]
+        return flat_features
+
     # ---- inference (the method contract) ------------------------------------------------------------
+    def decomposition_options(self) -> Dict[str, Any]:
+        return {"sample_fraction": self.config.decompose_fraction, "min_sample_size": self.config.decompose_min_samples}
+
     def affinity_scorer(self) -> AffinityScorer:
         def build() -> AffinityScorer:
             # the deterministic (no neighbour dropout) features, also while the viewer runs during training
@@ -275,8 +315,8 @@ class SagaModel(SegSplatModel):
         if tiny:
             # the test suite's 48-pixel scenes: 256 uniform pixels per step keep a step short
             return ["--pipeline.model.num-sampled-pixels", "256"]
-        # the demo's CPU settings: 512 pixels per step, half of them mask-balanced (see docs/saga.md)
-        return ["--pipeline.model.num-sampled-pixels", "512", "--pipeline.model.num-mask-balanced-pixels", "256"]
+        # the demo's CPU settings: 512 pixels per step (the preset decides how many are mask-balanced)
+        return ["--pipeline.model.num-sampled-pixels", "512"]
 
     @classmethod
     def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> Optional[LatencyProbe]:
