@@ -1,7 +1,9 @@
-"""Per-mask 3D scale (SAGA Eq. 2; the recipe of SAGA's get_scale.py and GARField's _calculate_3d_groups).
+"""Per-mask 3D scale (the recipe of SAGA's get_scale.py and GARField's _calculate_3d_groups).
 
 For each 2D mask: erode it, back-project its pixels with the RGB splat's depth, and take
-``scale = || 2 * std(points) ||_2`` (std per world axis, unbiased, as ``torch.std``).
+``scale = || 2 * std(points) ||_2`` (std per world axis, unbiased, as ``torch.std``). SAGA's Eq. 2 is
+``|| std(points) ||_2``; ``get_scale.py`` doubles it, as we do, and the factor cancels in the quantile
+normalisation every consumer applies.
 :class:`ScaleQuantiles` maps raw scales to [0, 1] the way SAGA's ``QuantileTransformer(uniform)`` does,
 for the scale gate and the viewer slider.
 """
