@@ -179,3 +179,60 @@ def test_binary_gaussian_margin_is_never_met_and_the_code_form_is_a_hinge_on_the
     values, _, _ = progressive_pair_losses(codes, groups, (width,), distance="squared")
     torch.testing.assert_close(values[0][negative[0]], (width - hamming)[negative[0]].clamp_min(0))
     assert (values[0][negative[0]] == 0).sum() == 16  # only the complementary codes
+
+
+# ---- Binary-Gaussian: the authors' code's area-rank levels -------------------------------------------
+
+
+def test_area_rank_levels_by_hand():
+    """Three masks on a 1x6 image, sorted by area: A (pixels 0-4, 5 px), B (0-2, 3 px), C (1-2 and 5, 3 px; ties
+    by index: B before C). Pixel 0: A then B, no third -> (A, B, B). Pixel 1: A, B, C. Pixel 3: A only ->
+    (A, A, A). Pixel 5: C only -> (C, C, C). Level-2 groups are hierarchical: pixels 0 and 1 share B under A."""
+    from segsplat_ns.methods.binary_gaussian.levels import area_rank_groups, area_rank_levels
+
+    masks = torch.zeros(3, 1, 6, dtype=torch.bool)
+    masks[0, 0, 0:5] = True  # A
+    masks[1, 0, 0:3] = True  # B
+    masks[2, 0, 1:3] = True  # C
+    masks[2, 0, 5] = True
+    membership = masks.reshape(3, -1).T  # every pixel sampled once
+    areas = masks.reshape(3, -1).sum(-1)
+    groups = area_rank_groups(membership, areas, 3)
+    level_of = lambda level: groups[level].tolist()  # noqa: E731
+    # level 1: A for pixels 0-4, C for pixel 5
+    assert level_of(0)[0] == level_of(0)[1] == level_of(0)[3] and level_of(0)[5] != level_of(0)[0]
+    # level 2: pixels 0-2 -> B under A; pixels 3, 4 keep A; pixel 5 keeps C
+    assert level_of(1)[0] == level_of(1)[1] == level_of(1)[2] != level_of(1)[3] == level_of(1)[4]
+    # level 3: pixels 1, 2 -> C under B; pixel 0 keeps B; pixel 3 keeps A
+    assert level_of(2)[1] == level_of(2)[2] != level_of(2)[0]
+    assert level_of(2)[3] == level_of(2)[4] and level_of(2)[5] >= 0
+    none = area_rank_groups(torch.zeros(2, 3, dtype=torch.bool), torch.tensor([1, 1, 1]), 3)
+    assert (none == -1).all()
+    # a mask's level for the scale statistics: its most common position (A: 0; B: 1; C: pixels 1, 2 at 2, 5 at 0)
+    assert area_rank_levels(masks, 3).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("preset", ["paper", "segsplat"])
+def test_binary_gaussian_training_step_under_each_preset(preset):
+    """One feature loss of each preset on a rendered map with nested masks: finite, differentiable; the level
+    statistics count each mask at the level its preset's rule gives (area-rank for the paper preset)."""
+    from segsplat_ns.methods.binary_gaussian.levels import area_rank_levels, mask_levels
+
+    config = BinaryGaussianModelConfig(rgb_steps=0, random_init=True, num_random=20, preset=preset,
+                                       num_random_pixels=60, num_mask_pixels=60)
+    model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+    model.train()
+    torch.manual_seed(0)
+    features = torch.rand(16, 16, 32, requires_grad=True)
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[0, 2:14, 2:14] = True
+    masks[1, 2:8, 2:14] = True
+    masks[2, 2:8, 2:6] = True
+    scales = torch.tensor([0.9, 0.5, 0.2])
+    losses = model.feature_loss_dict({"features": features}, {"masks": masks, "mask_scales": scales})
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total) and features.grad.abs().sum() > 0
+    expected = area_rank_levels(masks, 3) if preset == "paper" else mask_levels(masks, scales, 3)
+    counts = torch.bincount(expected, minlength=3).float()
+    assert torch.equal(model.level_scale_count, counts)

@@ -16,6 +16,10 @@ become L levels; this is our mapping (docs/binary-gaussian.md, "From masks to le
 4. pixels covered by no top-level mask (background, or the 1-2 px rim of a dilated part mask) take no part in
    the contrastive terms (as SAGA samples only pixels covered by a mask).
 
+The authors' partial code (``train_binary_feature.py``) assigns levels per *pixel* instead, the ``area-rank`` rule
+(:func:`area_rank_groups`): masks sorted by 2D area, largest first, a pixel's level-l mask is the l-th largest
+mask containing it, and a pixel with fewer than l masks keeps its level-(l-1) mask.
+
 Scale -> level (the shared segmenter's ``scale`` in [0, 1] is the quantile of 3D mask sizes): during training the
 model keeps, per level, a histogram of the normalised scales of the masks assigned to it, and the scale axis is
 cut into one range per level by :func:`segsplat_ns.methods.common.scale_levels.level_of_bins` (shared with
@@ -43,6 +47,8 @@ __all__ = [
     "SCALE_BINS",
     "fallback_level",
     "level_of_bins",
+    "area_rank_groups",
+    "area_rank_levels",
     "mask_levels",
     "pixel_level_groups",
     "scale_bin",
@@ -108,3 +114,74 @@ def pixel_level_groups(membership: Tensor, mask_scales: Tensor, levels: Tensor, 
         groups[level] = current
         previous = current
     return groups
+
+
+def _hierarchical(labels: Tensor, m: int) -> Tensor:
+    """Labels [L, P] (mask index, -1 none) -> hierarchical group ids: level-l id = (level-(l-1) id, label)."""
+    groups = torch.full_like(labels, -1)
+    previous = None
+    for level in range(labels.shape[0]):
+        label = labels[level]
+        if level == 0:
+            current = label
+        else:
+            current = torch.where(previous >= 0, previous * (m + 1) + label + 1, torch.full_like(previous, -1))
+        groups[level] = current
+        previous = current
+    return groups
+
+
+def _area_order(areas: Tensor) -> Tensor:
+    """rank [M]: 0 for the largest mask (ties by index)."""
+    m = areas.shape[0]
+    rank = torch.empty(m, dtype=torch.long, device=areas.device)
+    rank[torch.argsort(-areas.to(torch.float64), stable=True)] = torch.arange(m, device=areas.device)
+    return rank
+
+
+def area_rank_groups(membership: Tensor, areas: Tensor, num_levels: int) -> Tensor:
+    """The authors' code's levels (``sam_masks_level = cumsum(masks) * masks`` over masks sorted by area,
+    largest first): a pixel's level-l mask is the l-th largest mask containing it; with fewer masks it keeps its
+    level-(l-1) mask. Hierarchical group ids long [L, P] as :func:`pixel_level_groups`, -1 where no mask covers
+    the pixel. ``membership`` bool [P, M], ``areas`` [M] (2D pixel counts)."""
+    p, m = membership.shape
+    device = membership.device
+    if m == 0:
+        return torch.full((num_levels, p), -1, dtype=torch.long, device=device)
+    rank = _area_order(areas.to(device))
+    by_rank = torch.empty(m, dtype=torch.long, device=device)
+    by_rank[rank] = torch.arange(m, device=device)  # mask index of each rank
+    big = torch.iinfo(torch.long).max
+    keyed = torch.where(membership.bool(), rank[None, :], torch.full_like(rank[None, :], big))
+    ordered = torch.sort(keyed, dim=-1).values  # [P, M]: the covering masks' ranks, largest mask first
+    labels = torch.full((num_levels, p), -1, dtype=torch.long, device=device)
+    for level in range(num_levels):
+        if level < m:
+            here = ordered[:, level]
+            label = torch.where(here < big, by_rank[here.clamp(max=m - 1)], torch.full_like(here, -1))
+        else:
+            label = torch.full((p,), -1, dtype=torch.long, device=device)
+        labels[level] = label if level == 0 else torch.where(label >= 0, label, labels[level - 1])
+    return _hierarchical(labels, m)
+
+
+def area_rank_levels(masks: Tensor, num_levels: int, max_pixels: int = 16384) -> Tensor:
+    """One level per mask (0-based) under the area-rank rule, for the scale -> level statistics: the most common
+    level the mask is over its pixels (its position among the masks covering each pixel, largest first, capped at
+    L - 1). ``masks`` bool [M, H, W]; measured on a strided copy of at most ``max_pixels`` pixels."""
+    m = masks.shape[0]
+    if m == 0:
+        return torch.zeros(0, dtype=torch.long, device=masks.device)
+    h, w = masks.shape[1:]
+    stride = max(1, int(math.ceil(math.sqrt(h * w / max_pixels))))
+    flat = masks[:, ::stride, ::stride].reshape(m, -1)
+    if bool((flat.sum(-1) == 0).any()):
+        flat = masks.reshape(m, -1)
+    areas = masks.reshape(m, -1).sum(-1)
+    rank = _area_order(areas)
+    larger = (rank[None, :] < rank[:, None]).float()  # [i, j]: mask j is larger than mask i
+    position = larger @ flat.float()  # [i, pixel]: larger masks covering the pixel
+    position = position.clamp(max=num_levels - 1).long()
+    counts = torch.zeros(m, num_levels, device=masks.device)
+    counts.scatter_add_(1, torch.where(flat, position, torch.zeros_like(position)), flat.float())
+    return counts.argmax(-1)

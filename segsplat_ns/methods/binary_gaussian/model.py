@@ -58,6 +58,8 @@ from segsplat_ns.methods.binary_gaussian.codes import (
 )
 from segsplat_ns.methods.binary_gaussian.levels import (
     SCALE_BINS,
+    area_rank_groups,
+    area_rank_levels,
     fallback_level,
     level_of_bins,
     mask_levels,
@@ -95,8 +97,10 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     """Masks drawn at random per image for mask-balanced sampling."""
     uncovered_pixels: Literal["drop", "keep"] = "drop"
     """Uniform pixels no mask covers: dropped (authors' code) or kept."""
+    level_rule: Optional[Literal["nesting", "area-rank"]] = None
+    """Masks -> levels: by nesting (ours) or a pixel's l-th largest mask (authors' code) (preset)."""
     nest_fraction: float = 0.45
-    """Masks -> levels (ours): a larger mask covering at least this fraction of a mask is its ancestor."""
+    """Masks -> levels by nesting: a larger mask covering at least this fraction of a mask is its ancestor."""
     reg_warmup_steps: Optional[int] = None
     """lambda_reg of Eq. 9 ramps linearly from 0 over this many feature steps (preset: paper 0, segsplat 500)."""
     lambda_reg: float = 10.0
@@ -129,9 +133,9 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {
         # the paper, and the authors' partial code where the paper is silent (docs/binary-gaussian.md, "Presets")
         "paper": {"reg_warmup_steps": 0, "vote_codes": False, "snap_radius": 0, "snap_query": False,
-                  "virtual_negative_per": "group", "pair_normalisation": "split"},
+                  "virtual_negative_per": "group", "pair_normalisation": "split", "level_rule": "area-rank"},
         "segsplat": {"reg_warmup_steps": 500, "vote_codes": True, "snap_radius": 2, "snap_query": True,
-                     "virtual_negative_per": "pixel", "pair_normalisation": "anchor"},
+                     "virtual_negative_per": "pixel", "pair_normalisation": "anchor", "level_rule": "nesting"},
     }
 
     def __post_init__(self) -> None:
@@ -372,7 +376,11 @@ class BinaryGaussianModel(SegSplatModel):
         if masks.shape[0] == 0:
             zero = flat.sum() * 0.0
             return {"binarization_loss": zero, "virtual_negative_loss": zero, "progressive_contrastive_loss": zero}
-        levels = mask_levels(masks, scales, self.num_levels, self.config.nest_fraction)
+        area_rank = self.config.level_rule == "area-rank"
+        if area_rank:
+            levels = area_rank_levels(masks, self.num_levels)
+        else:
+            levels = mask_levels(masks, scales, self.num_levels, self.config.nest_fraction)
         with torch.no_grad():
             self.level_scale_sum.index_add_(0, levels, scales.to(self.level_scale_sum))
             self.level_scale_count.index_add_(0, levels, torch.ones_like(scales).to(self.level_scale_count))
@@ -383,7 +391,10 @@ class BinaryGaussianModel(SegSplatModel):
             covered_only=self.config.uncovered_pixels == "drop",
         )
         membership = masks.reshape(masks.shape[0], -1)[:, pixel_ids].T  # [P, M]
-        groups = pixel_level_groups(membership, scales, levels, self.num_levels)
+        if area_rank:
+            groups = area_rank_groups(membership, masks.reshape(masks.shape[0], -1).sum(-1), self.num_levels)
+        else:
+            groups = pixel_level_groups(membership, scales, levels, self.num_levels)
         sampled = flat[pixel_ids]
         return {
             "binarization_loss": self.reg_weight() * binarization_loss(sampled),
