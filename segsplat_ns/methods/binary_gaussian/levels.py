@@ -100,20 +100,13 @@ def pixel_level_groups(membership: Tensor, mask_scales: Tensor, levels: Tensor, 
     rank = torch.empty(m, dtype=torch.long, device=device)
     rank[torch.argsort(order_key, stable=True)] = torch.arange(m, device=device)
     big = torch.iinfo(torch.long).max
-    groups = torch.full((num_levels, p), -1, dtype=torch.long, device=device)
-    previous = None
+    labels = torch.full((num_levels, p), -1, dtype=torch.long, device=device)
     for level in range(num_levels):
         candidate = membership.bool() & (levels.to(device) <= level)[None, :]
         keyed = torch.where(candidate, rank[None, :], torch.full_like(rank[None, :], big))
         best = keyed.argmin(-1)
-        label = torch.where(candidate.any(-1), best, torch.full_like(best, -1))
-        if level == 0:
-            current = label
-        else:
-            current = torch.where(previous >= 0, previous * (m + 1) + label + 1, torch.full_like(previous, -1))
-        groups[level] = current
-        previous = current
-    return groups
+        labels[level] = torch.where(candidate.any(-1), best, torch.full_like(best, -1))
+    return _hierarchical(labels, m)
 
 
 def _hierarchical(labels: Tensor, m: int) -> Tensor:
