@@ -236,3 +236,51 @@ def test_binary_gaussian_training_step_under_each_preset(preset):
     expected = area_rank_levels(masks, 3) if preset == "paper" else mask_levels(masks, scales, 3)
     counts = torch.bincount(expected, minlength=3).float()
     assert torch.equal(model.level_scale_count, counts)
+
+
+# ---- which parameters each stage trains, and the pixels SAGA's loss sees --------------------------------
+
+
+def _camera():
+    from nerfstudio.cameras.cameras import Cameras
+
+    return Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]]]),
+                   fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+
+
+@pytest.mark.parametrize("uncovered", ["drop", "keep"])
+def test_saga_feature_stage_trains_only_features_and_gate_on_covered_pixels(uncovered, monkeypatch):
+    """The SAGA feature stage's loss reaches the affinity features and the scale gate only (geometry and colours
+    frozen); with uncovered-pixels drop every pixel the pair loss sees lies in a mask."""
+    import segsplat_ns.methods.saga.model as saga_model
+
+    seen = {}
+    original = saga_model.saga_loss
+
+    def spy(features_px, membership, *args, **kwargs):
+        seen["membership"] = membership
+        return original(features_px, membership, *args, **kwargs)
+
+    monkeypatch.setattr(saga_model, "saga_loss", spy)
+    torch.manual_seed(0)
+    config = SagaModelConfig(rgb_steps=0, random_init=True, num_random=80, random_scale=1.0, uncovered_pixels=uncovered,
+                             num_sampled_pixels=400)
+    model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+    model.train()
+    model.step = 0
+    outputs = model.get_outputs(_camera())
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, 4:20, 4:20] = True
+    masks[1, 8:14, 8:14] = True
+    losses = model.get_loss_dict(outputs, {"masks": masks, "mask_scales": torch.tensor([0.8, 0.3])})
+    sum(losses.values()).backward()
+    params = model.gauss_params
+    assert params["affinity_features"].grad is not None and params["affinity_features"].grad.abs().sum() > 0
+    assert model.scale_gate.linear.weight.grad is not None
+    for key in ("means", "scales", "quats", "opacities", "features_dc", "features_rest"):
+        assert params[key].grad is None, key
+    covered = seen["membership"].any(-1)
+    if uncovered == "drop":
+        assert covered.all() and 0 < covered.numel() < 400
+    else:
+        assert not covered.all() and covered.numel() == 400
