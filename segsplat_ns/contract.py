@@ -21,6 +21,7 @@ Hooks, by who calls them:
 ``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
 ``inference_variants``     class attribute: named inference-time option sets the bench reports as ablation rows
 ``prompts_sam``            class attribute: whether the method places SAM's prompt points itself
+``uses_mask_scales``       class attribute: whether training reads the masks' 3D scales (else they are not measured)
 ``sam_prompt_points``      per training camera, SAM prompt points in [0, 1] (pipeline, before mask extraction)
 ``cpu_training_args``      classmethod: ns-train flags that size a run for a CPU (bench, demo, tests)
 ``latency_probe``          classmethod: the method's fast scoring path on synthetic data (bench-latency)
@@ -171,6 +172,9 @@ class MethodContract:
     """How the method answers text prompts, in a few words for users; empty: it does not."""
     prompts_sam: ClassVar[bool] = False
     """Whether the method places SAM's prompt points itself (:meth:`sam_prompt_points`) instead of SAM's grid."""
+    uses_mask_scales: ClassVar[bool] = True
+    """Whether training reads each mask's 3D scale (``mask_scales``); False: the pipeline does not measure them (one
+    render per training view) and the click protocol sizes no prompt."""
     inference_variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
     """Improvements that act at inference only, by name: model config field -> value. ``segsplat bench`` evaluates
     each trained run once more per variant (an ablation row beside the paper's defaults)."""

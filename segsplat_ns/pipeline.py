@@ -186,6 +186,12 @@ class SegSplatPipeline(VanillaPipeline):
                                 "mask source takes no prompts, so its masks are used as they are")
             masks = self.datamanager.load_train_masks()
             self.datamanager.load_train_language()  # None unless a language source is configured
+            if not self.model.uses_mask_scales:
+                # nothing reads them: no render per view (the scale quantiles stay unfitted, prompts are not sized)
+                self.datamanager.set_mask_scales([torch.zeros(len(view_masks)) for view_masks in masks])
+                CONSOLE.log(f"Feature stage: {sum(len(m) for m in masks)} masks over {len(masks)} images "
+                            f"({type(self.model).__name__} does not use their 3D scales: not measured)")
+                return
             for index in tqdm(range(len(masks)), desc="3D mask scales", unit="image"):
                 camera = cameras[index : index + 1].to(self.device)
                 outputs = self.model.get_outputs_for_camera(camera)

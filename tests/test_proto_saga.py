@@ -169,6 +169,8 @@ def test_run_stores_one_int16_instance_per_gaussian(proto_run):
     assert int(ids.max()) < model.prototypes.shape[0]
     assert (model.view_classes > 0).all() and model.has_features
     assert model.granularity.kind == "instances" and not model.granularity.sized
+    # the masks' 3D scales were never measured (uses_mask_scales False): no quantiles were fitted
+    assert not model.uses_mask_scales and not bool(model.scale_quantiles.any())
 
 
 @pytest.mark.slow

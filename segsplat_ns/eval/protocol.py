@@ -106,13 +106,13 @@ def click_protocol(
         click = interior_point(target_mask)
         camera = cameras[reference : reference + 1]
         lower, upper = 0.0, 1.0
-        finer_level = FINER_LEVEL.get(level)
+        finer_level = FINER_LEVEL.get(level) if segmenter.granularity.sized else None  # else any scale answers alike
         if finer_level in ground_truth.id_maps:
             finer_map = ground_truth.id_maps[finer_level][reference]
             finer_target = int(finer_map[click[1], click[0]])
             if finer_target != 0:
                 lower = target_scale(segmenter, camera, finer_map == finer_target)
-        if COARSER_LEVEL.get(level) in ground_truth.id_maps:
+        if segmenter.granularity.sized and COARSER_LEVEL.get(level) in ground_truth.id_maps:
             upper = target_scale(segmenter, camera, target_mask)
         scale = click_scale(lower, upper)
         selection = segmenter.click(camera, [click], scale, threshold=threshold)

@@ -62,6 +62,7 @@ class ProtoSagaModel(SegSplatModel):
     config: ProtoSagaModelConfig
     feature_key = "instance_embeddings"
     freezes_geometry = False
+    uses_mask_scales = False  # instance labels from the masks themselves; no prompt is sized
     score_kind = "selection"
     wording = Wording(
         nothing_selected="the clicked pixel's instance holds no Gaussian",
