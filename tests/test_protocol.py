@@ -21,8 +21,11 @@ class RecordingSegmenter:
     """Stands in for the Segmenter: records each click and 'renders' the clicked target's ground truth."""
 
     def __init__(self, id_maps):
+        from segsplat_ns.contract import CONTINUOUS_SCALE
+
         self.id_maps = id_maps
         self.clicks = []
+        self.granularity = CONTINUOUS_SCALE  # a sized prompt: the protocol measures each target's scale
 
     def click(self, camera, pixels, scale, threshold=None):
         (x, y), view = pixels[0], camera[0]
@@ -61,3 +64,15 @@ def test_protocol_clicks_inside_each_target_at_the_middle_of_its_scale_range(mon
     part_area = int((parts[view] == part_under_click).sum())
     assert scale == pytest.approx((part_area / 100.0 + 1.0) / 2.0)  # (part under the click, 1], middle
     assert result.view_ious == [1.0, 1.0]
+
+    # a method whose prompts are not sized (instances): no target's scale is measured, every click at 0.5
+    from segsplat_ns.contract import Granularity
+
+    def never(*_):
+        raise AssertionError("an unsized method's targets have no scale to measure")
+
+    monkeypatch.setattr(protocol, "target_scale", never)
+    instance_segmenter = RecordingSegmenter(ground_truth.id_maps["part"])
+    instance_segmenter.granularity = Granularity("instances")
+    results = click_protocol(instance_segmenter, cameras, ground_truth, "part", min_area=1)
+    assert [c[2] for c in instance_segmenter.clicks] == [0.5, 0.5] and all(r.iou == 1.0 for r in results)
