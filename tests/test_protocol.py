@@ -76,3 +76,32 @@ def test_protocol_clicks_inside_each_target_at_the_middle_of_its_scale_range(mon
     instance_segmenter.granularity = Granularity("instances")
     results = click_protocol(instance_segmenter, cameras, ground_truth, "part", min_area=1)
     assert [c[2] for c in instance_segmenter.clicks] == [0.5, 0.5] and all(r.iou == 1.0 for r in results)
+
+
+def test_per_target_precision_and_recall_say_whether_a_selection_merged_or_fragmented(monkeypatch):
+    """A part click that selects its whole object: recall 1, precision = part / object pixels (merged); an
+    object click that selects one part: precision 1, recall = part / object (fragmented); ns-eval keys both."""
+    parts = np.zeros((1, 10, 10), dtype=np.int32)
+    parts[0, 0:6, :] = 1  # 60 px
+    parts[0, 6:10, :] = 2  # 40 px
+    objects = (parts > 0).astype(np.int32)
+    ground_truth = GroundTruth({"object": list(objects), "part": list(parts)})
+    monkeypatch.setattr(protocol, "target_scale", lambda segmenter, camera, mask: float(mask.sum()) / 100.0)
+
+    class Whole(RecordingSegmenter):  # every click selects everything that is not background
+        def render_mask(self, camera, target):
+            return torch.from_numpy(objects[camera[0]] > 0)
+
+    part_results = click_protocol(Whole(ground_truth.id_maps["part"]), [0], ground_truth, "part", min_area=1)
+    assert [r.recall for r in part_results] == [1.0, 1.0]
+    assert [r.precision for r in part_results] == [pytest.approx(0.6), pytest.approx(0.4)]
+    assert [r.iou for r in part_results] == [pytest.approx(0.6), pytest.approx(0.4)]
+
+    class FirstPart(RecordingSegmenter):  # every click selects part 1 only
+        def render_mask(self, camera, target):
+            return torch.from_numpy(parts[camera[0]] == 1)
+
+    (result,) = click_protocol(FirstPart(ground_truth.id_maps["object"]), [0], ground_truth, "object", min_area=1)
+    assert result.precision == 1.0 and result.recall == pytest.approx(0.6)
+    metrics, _ = protocol.segmentation_metrics(Whole(ground_truth.id_maps["part"]), [0], ground_truth)
+    assert metrics["seg_part_precision/2"] == pytest.approx(0.4) and metrics["seg_part_recall/2"] == 1.0

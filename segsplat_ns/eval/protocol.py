@@ -79,10 +79,22 @@ class TargetResult:
     scale: float
     selected: int
     view_ious: List[float] = field(default_factory=list)
+    # where a low IoU is lost: precision < 1 the selection spills onto other targets (merged), recall < 1 it
+    # misses part of this one (fragmented); |P∩G|/|P| and |P∩G|/|G| per view, 1 where the denominator is empty
+    view_precisions: List[float] = field(default_factory=list)
+    view_recalls: List[float] = field(default_factory=list)
 
     @property
     def iou(self) -> float:
         return float(np.mean(self.view_ious)) if self.view_ious else 0.0
+
+    @property
+    def precision(self) -> float:
+        return float(np.mean(self.view_precisions)) if self.view_precisions else 0.0
+
+    @property
+    def recall(self) -> float:
+        return float(np.mean(self.view_recalls)) if self.view_recalls else 0.0
 
 
 def click_protocol(
@@ -121,7 +133,11 @@ def click_protocol(
             if areas[view] == 0:
                 continue
             predicted = segmenter.render_mask(cameras[view : view + 1], selection.gaussian_mask).cpu().numpy()
-            result.view_ious.append(iou(predicted, id_map == target))
+            truth = id_map == target
+            result.view_ious.append(iou(predicted, truth))
+            hit = float(np.logical_and(predicted, truth).sum())
+            result.view_precisions.append(hit / predicted.sum() if predicted.any() else 1.0)
+            result.view_recalls.append(hit / truth.sum() if truth.any() else 1.0)
         results.append(result)
     return results
 
@@ -141,6 +157,8 @@ def segmentation_metrics(
             metrics[f"seg_{level}_count"] = float(len(results))
             for r in results:  # one line per target in ns-eval's JSON, so a weak part is not hidden by the mean
                 metrics[f"seg_{level}_iou/{r.name}"] = r.iou
+                metrics[f"seg_{level}_precision/{r.name}"] = r.precision
+                metrics[f"seg_{level}_recall/{r.name}"] = r.recall
     return metrics, details
 
 
