@@ -1,10 +1,13 @@
-"""One ablation row per difference between a method's presets: the paper preset with one field set to the
-segsplat preset's value, on one seed, beside both presets (docs/saga.md, docs/binary-gaussian.md, "Presets").
+"""One ablation row per difference between a method's presets, on one seed, beside both presets
+(docs/saga.md, docs/binary-gaussian.md, "Presets"): with ``--direction add`` (default) the paper preset with one
+field set to the segsplat preset's value (what each change buys alone), with ``--direction remove`` the segsplat
+preset with one field set back to the paper's (what each change buys given all the others).
 
 Every row is a `segsplat bench` run of its own folder that reuses the seed's scene and RGB splat from a finished
 `segsplat bench --workdir BASE` (symlinked), so all rows segment the same Gaussians with the same masks.
 
     python benchmarks/preset_ablation.py --base outputs/bench --methods saga binary-gaussian --seed 0
+    python benchmarks/preset_ablation.py --base outputs/bench --methods binary-gaussian --seed 0 --direction remove
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def main() -> int:
     parser.add_argument("--base", type=Path, required=True, help="workdir of a finished `segsplat bench` run")
     parser.add_argument("--methods", nargs="+", default=["saga", "binary-gaussian"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--direction", choices=["add", "remove"], default="add",
+                        help="add: paper preset + one segsplat value; remove: segsplat preset - one (paper value)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: BASE/ablation")
     args = parser.parse_args()
     workdir = args.workdir or args.base / "ablation"
@@ -44,17 +49,19 @@ def main() -> int:
         presets = type(get_method(method).specification.config.pipeline.model).presets
         paper, ours = presets["paper"], presets["segsplat"]
         cases = {"paper": [], "segsplat": []}
-        cases.update({f"paper + {field.replace('_', '-')} {flag_value(ours[field])}":
-                      [f"--pipeline.model.{field.replace('_', '-')}", flag_value(ours[field])] for field in paper})
+        start, other = ("paper", ours) if args.direction == "add" else ("segsplat", paper)
+        sign = "+" if args.direction == "add" else "-"
+        cases.update({f"{start} {sign} {field.replace('_', '-')} {flag_value(other[field])}":
+                      [f"--pipeline.model.{field.replace('_', '-')}", flag_value(other[field])] for field in paper})
         rows = []
         for name, extra in cases.items():
-            folder = workdir / method / name.replace(" ", "_").replace("+", "plus")
+            folder = workdir / method / name.replace(" ", "_").replace("+", "plus").replace("_-_", "_minus_")
             (folder / f"seed{args.seed}" / "runs").mkdir(parents=True, exist_ok=True)
             for link, target in ((folder / f"seed{args.seed}" / "scene", seed_dir / "scene"),
                                  (folder / f"seed{args.seed}" / "runs" / "rgb", seed_dir / "runs" / "rgb")):
                 if not link.exists():
                     link.symlink_to(target.resolve(), target_is_directory=True)
-            preset = "segsplat" if name == "segsplat" else "paper"
+            preset = name.split(" ")[0]
             finished = seed_dir / "runs" / f"{method}-{preset}"
             if not extra and (finished / "wall_seconds.txt").exists():  # the bench's own run of this preset
                 link = folder / f"seed{args.seed}" / "runs" / f"{method}-{preset}"
@@ -77,7 +84,7 @@ def main() -> int:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     table = "\n".join(lines)
-    (workdir / "ablation.md").write_text(table + "\n")
+    (workdir / f"ablation-{args.direction}.md").write_text(table + "\n")
     print(table)
     return 0
 

@@ -29,7 +29,7 @@ from segsplat_ns.methods.binary_gaussian.loss import (
     ste_binarize,
     virtual_negative_loss,
 )
-from segsplat_ns.methods.binary_gaussian.vote import render_weighted_votes, snap_codes, voted_bits
+from segsplat_ns.methods.binary_gaussian.vote import absorb_small_segments, render_weighted_votes, snap_codes, voted_bits
 
 WIDTHS = (2, 2)  # two levels of two bits: small enough to write Eq. 6 by hand
 
@@ -288,6 +288,26 @@ def test_snap_codes_hierarchical_clean_up_by_hand():
     # and a light level-2 string is not pulled into another parent's heavy one
     split = snap_codes(torch.stack([_code("0000 1111"), _code("1111 1110")]), torch.tensor([9.0, 1.0]), (4, 4), 1)
     assert [_text(c, 8, 4) for c in split] == ["0000 1111", "1111 1110"]
+
+
+def test_absorb_small_segments_by_hand():
+    # two levels of 4 bits. Object 0000: level-2 strings 1111 x6, 0000 x3, 1100 x1 (10 Gaussians);
+    # object 1111: 0011 x1 alone, and 1 Gaussian of object 0110 (a floater at level 1)
+    codes = torch.stack([_code("0000 1111")] * 6 + [_code("0000 0000")] * 3 + [_code("0000 1100")]
+                        + [_code("1111 0011"), _code("0110 0001")])
+    # min 20 % of the group: 1100 (1 of 10) is small; it is 2 bits from 1111 and 2 from 0000: the tie goes to
+    # the string with more Gaussians (1111); 0000 (3 of 10) stays; 1111 0011 and 0110 0001 are alone in their
+    # groups (nothing large to join); level 1 is never cleaned, so the floater keeps its object code
+    out = absorb_small_segments(codes, (4, 4), 0.2)
+    assert [_text(c, 8, 4) for c in out] == ["0000 1111"] * 6 + ["0000 0000"] * 3 + ["0000 1111", "1111 0011",
+                                                                                       "0110 0001"]
+    # 35 %: 0000 (3 of 10) is small too and joins 1111 (the only large string, 4 bits away)
+    assert [_text(c, 8, 4) for c in absorb_small_segments(codes, (4, 4), 0.35)][:10] == ["0000 1111"] * 10
+    assert torch.equal(absorb_small_segments(codes, (4, 4), 0.0), codes)
+    # three levels: the level-3 bits are cleaned inside the level-2 group the string moved into
+    deep = torch.stack([_code("0000 1111 0101")] * 4 + [_code("0000 0111 0110")])
+    deep_out = absorb_small_segments(deep, (4, 4, 4), 0.3)
+    assert [format(int(c) >> 20, "012b") for c in deep_out] == ["000011110101"] * 5
 
 
 def test_prefix_table_maps_a_query_to_the_nearest_stored_prefix_level_by_level():

@@ -17,7 +17,7 @@ What the paper adds (the maths is in the sibling modules :mod:`.codes`, :mod:`.l
 - opacity fine-tuned at 2% of its initial learning rate during the feature stage (Sec. 3.5 / 4.2);
 - after training, each Gaussian keeps ONE 32-bit integer (buffer ``binary_codes``, int32 [N]); the float latent
   and its optimizer state are dropped from the final checkpoint. The bits are a render-weighted vote over the
-  training views followed by a code clean-up (:mod:`.vote`). At inference the stored bits are rendered (Eq. 2)
+  training views followed by two code clean-ups (:mod:`.vote`). At inference the stored bits are rendered (Eq. 2)
   and the clicked pixel's binarised code gives the query Class_p (Sec. 3.6);
 - CHOICE: lambda_reg ramps from 0 to 10 over the first ``reg_warmup_steps`` (500) feature steps;
 - CHOICE: each level's Eq. 6 is scaled per anchor pixel (mean of its positive pairs + mean of its negative pairs,
@@ -74,7 +74,12 @@ from segsplat_ns.methods.binary_gaussian.loss import (
     progressive_contrastive_loss,
     virtual_negative_loss,
 )
-from segsplat_ns.methods.binary_gaussian.vote import render_weighted_votes, snap_codes, voted_bits
+from segsplat_ns.methods.binary_gaussian.vote import (
+    absorb_small_segments,
+    render_weighted_votes,
+    snap_codes,
+    voted_bits,
+)
 from segsplat_ns.methods.common.memo import InferenceMemo
 
 __all__ = ["BinaryGaussianModel", "BinaryGaussianModelConfig"]
@@ -121,6 +126,8 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     """Stored f̄_i: render-weighted vote of the rendered bits over the training views, or I(f_i > 0.5) (preset)."""
     snap_radius: Optional[int] = None
     """Code clean-up after the vote: Hamming radius inside each parent group; 0: off (preset: paper 0, segsplat 2)."""
+    min_segment_fraction: Optional[float] = None
+    """Code clean-up: a sub-segment with under this fraction of its parent's Gaussians joins the nearest large one (preset)."""
     snap_query: Optional[bool] = None
     """Class_p^l (Sec. 3.6) replaced by the nearest stored prefix, level by level (preset: paper off)."""
     virtual_negative_per: Optional[VirtualNegativePer] = None
@@ -132,10 +139,12 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
 
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {
         # the paper, and the authors' partial code where the paper is silent (docs/binary-gaussian.md, "Presets")
-        "paper": {"reg_warmup_steps": 0, "vote_codes": False, "snap_radius": 0, "snap_query": False,
-                  "virtual_negative_per": "group", "pair_normalisation": "split", "level_rule": "area-rank"},
-        "segsplat": {"reg_warmup_steps": 500, "vote_codes": True, "snap_radius": 2, "snap_query": True,
-                     "virtual_negative_per": "pixel", "pair_normalisation": "anchor", "level_rule": "nesting"},
+        "paper": {"reg_warmup_steps": 0, "vote_codes": False, "snap_radius": 0, "min_segment_fraction": 0.0,
+                  "snap_query": False, "virtual_negative_per": "group", "pair_normalisation": "split",
+                  "level_rule": "area-rank"},
+        "segsplat": {"reg_warmup_steps": 500, "vote_codes": True, "snap_radius": 2, "min_segment_fraction": 0.01,
+                     "snap_query": True, "virtual_negative_per": "pixel", "pair_normalisation": "anchor",
+                     "level_rule": "nesting"},
     }
 
     def __post_init__(self) -> None:
@@ -229,6 +238,7 @@ class BinaryGaussianModel(SegSplatModel):
         bits, weight = self.vote_bits(cameras if self.config.vote_codes else None, with_weight=True)
         # without views the weight of a code is its number of Gaussians
         codes = snap_codes(pack_codes(bits), weight, self.widths, self.config.snap_radius)
+        codes = absorb_small_segments(codes, self.widths, self.config.min_segment_fraction)
         self._buffers["binary_codes"] = to_int32(codes).to(self.latent.device)
         self.codes_finalized.fill_(True)
         self.latent.data = self.latent.data.new_zeros((self.num_points, 0))
