@@ -29,7 +29,12 @@ from segsplat_ns.methods.binary_gaussian.loss import (
     ste_binarize,
     virtual_negative_loss,
 )
-from segsplat_ns.methods.binary_gaussian.vote import absorb_small_segments, render_weighted_votes, snap_codes, voted_bits
+from segsplat_ns.methods.binary_gaussian.vote import (
+    absorb_small_segments,
+    render_weighted_votes,
+    snap_codes,
+    voted_bits,
+)
 
 WIDTHS = (2, 2)  # two levels of two bits: small enough to write Eq. 6 by hand
 
