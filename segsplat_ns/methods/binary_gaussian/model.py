@@ -29,7 +29,7 @@ What the paper adds (the maths is in the sibling modules :mod:`.codes`, :mod:`.l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -41,7 +41,7 @@ from nerfstudio.engine.callbacks import (
 from torch import Tensor
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
-from segsplat_ns.contract import Granularity, LatencyProbe, Wording
+from segsplat_ns.contract import Granularity, LatencyProbe, TrainingViews, Wording
 from segsplat_ns.masks.sampling import mask_balanced_pixels
 from segsplat_ns.methods.binary_gaussian.codes import (
     CODE_BITS,
@@ -73,6 +73,15 @@ from segsplat_ns.methods.binary_gaussian.loss import (
     binarization_loss,
     progressive_contrastive_loss,
     virtual_negative_loss,
+)
+from segsplat_ns.methods.binary_gaussian.relabel import (
+    CodeEvidence,
+    match_masks,
+    merge_siblings,
+    pixel_labels,
+    pixel_masks,
+    reassign,
+    render_chunks,
 )
 from segsplat_ns.methods.binary_gaussian.vote import (
     absorb_small_segments,
@@ -128,6 +137,8 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     """Code clean-up after the vote: Hamming radius inside each parent group; 0: off (preset: paper 0, segsplat 2)."""
     min_segment_fraction: Optional[float] = None
     """Code clean-up: a sub-segment with under this fraction of its parent's Gaussians joins the nearest large one (preset)."""
+    relabel_rounds: Optional[int] = None
+    """Code clean-up: rounds of mask-consistent relabelling against the training masks; 0: off (preset)."""
     snap_query: Optional[bool] = None
     """Class_p^l (Sec. 3.6) replaced by the nearest stored prefix, level by level (preset: paper off)."""
     virtual_negative_per: Optional[VirtualNegativePer] = None
@@ -140,10 +151,10 @@ class BinaryGaussianModelConfig(SegSplatModelConfig):
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {
         # the paper, and the authors' partial code where the paper is silent (docs/binary-gaussian.md, "Presets")
         "paper": {"reg_warmup_steps": 0, "vote_codes": False, "snap_radius": 0, "min_segment_fraction": 0.0,
-                  "snap_query": False, "virtual_negative_per": "group", "pair_normalisation": "split",
+                  "relabel_rounds": 0, "snap_query": False, "virtual_negative_per": "group", "pair_normalisation": "split",
                   "level_rule": "area-rank"},
         "segsplat": {"reg_warmup_steps": 500, "vote_codes": True, "snap_radius": 2, "min_segment_fraction": 0.01,
-                     "snap_query": True, "virtual_negative_per": "pixel", "pair_normalisation": "anchor",
+                     "relabel_rounds": 3, "snap_query": True, "virtual_negative_per": "pixel", "pair_normalisation": "anchor",
                      "level_rule": "nesting"},
     }
 
@@ -172,6 +183,7 @@ class BinaryGaussianModel(SegSplatModel):
         self._level_bins_key: Optional[Tuple[float, ...]] = None
         self._opacity_base_lr: Optional[List[float]] = None
         self.register_buffer("seg_opacity_copied", torch.tensor(False))
+        self._optimizers = None
 
     def initial_features(self, num_points: int) -> Tensor:
         # near the 0.5 threshold: random initial bits that the first few hundred steps can still flip
@@ -230,15 +242,20 @@ class BinaryGaussianModel(SegSplatModel):
         return (bits, weight) if with_weight else bits
 
     @torch.no_grad()
-    def finalize_codes(self, optimizers=None, cameras: Optional[Cameras] = None) -> None:
-        """Store one int32 code per Gaussian (``vote_bits`` over ``cameras``, else I(latent > 0.5)); drop the float
-        latent and its optimizer state."""
+    def finalize_codes(self, optimizers=None, cameras: Optional[Cameras] = None,
+                       masks: Optional[Sequence[Tensor]] = None, mask_scales: Optional[Sequence[Tensor]] = None) -> None:
+        """Store one int32 code per Gaussian (``vote_bits`` over ``cameras``, else I(latent > 0.5)), cleaned up
+        (:mod:`.vote`; with the training ``masks`` and their ``mask_scales`` also :meth:`relabel_from_masks`);
+        drop the float latent and its optimizer state."""
         if bool(self.codes_finalized) and self.latent.shape[1] == 0:
             return
         bits, weight = self.vote_bits(cameras if self.config.vote_codes else None, with_weight=True)
         # without views the weight of a code is its number of Gaussians
         codes = snap_codes(pack_codes(bits), weight, self.widths, self.config.snap_radius)
         codes = absorb_small_segments(codes, self.widths, self.config.min_segment_fraction)
+        if self.config.relabel_rounds > 0 and cameras is not None and masks is not None and mask_scales is not None:
+            codes = self.relabel_from_masks(codes, cameras, masks, mask_scales)
+            codes = absorb_small_segments(codes, self.widths, self.config.min_segment_fraction)
         self._buffers["binary_codes"] = to_int32(codes).to(self.latent.device)
         self.codes_finalized.fill_(True)
         self.latent.data = self.latent.data.new_zeros((self.num_points, 0))
@@ -249,6 +266,84 @@ class BinaryGaussianModel(SegSplatModel):
             if optimizer is not None:
                 optimizer.state.clear()
         self._memo.clear()
+
+    @torch.no_grad()
+    def relabel_from_masks(self, codes: Tensor, cameras: Cameras, masks: Sequence[Tensor],
+                           mask_scales: Sequence[Tensor]) -> Tensor:
+        """Mask-consistent relabelling (:mod:`.relabel`): levels 2..L, ``relabel_rounds`` rounds each, then sibling
+        merges. Masks are read by nesting (:func:`.levels.mask_levels`) whatever ``level_rule`` trained the model.
+        ``codes`` unsigned int64 [N]; returns int64 [N]."""
+        from tqdm import tqdm
+
+        codes = codes.to(torch.int64).cpu() & 0xFFFFFFFF
+        num_views = len(cameras)
+        if num_views != len(masks) or num_views != len(mask_scales):
+            raise ValueError(f"relabelling needs one mask set per view: {num_views} views, {len(masks)} mask sets")
+        rounds = self.config.relabel_rounds
+        view_levels = [mask_levels(masks[i].bool(), mask_scales[i], self.num_levels, self.config.nest_fraction)
+                       for i in range(num_views)]
+
+        def render(colors: Tensor, index: int) -> Tuple[Tensor, Tensor]:
+            return self.render_features(colors.to(self.device), cameras[index : index + 1].to(self.device))
+
+        progress = tqdm(total=(self.num_levels - 1) * (2 * rounds + 1) * num_views, desc="binary-gaussian: relabel codes",
+                        unit="view", leave=False)
+        for level in range(1, self.num_levels):
+            bits, parent_bits = prefix_bits(self.widths, level), prefix_bits(self.widths, level - 1)
+            for round_index in range(rounds + 1):
+                prefixes, inverse = torch.unique(code_prefix(codes, bits), return_inverse=True)
+                colors = unpack_codes(codes, self.config.feature_dim).float()
+                evidence, matches = CodeEvidence(prefixes.numel()), []
+                for index in range(num_views):
+                    features, alpha = render(colors, index)
+                    rendered = code_prefix(pack_codes(features > 0.5), bits).reshape(-1).cpu()
+                    where = torch.searchsorted(prefixes, rendered).clamp(max=prefixes.numel() - 1)
+                    known = (prefixes[where] == rendered) & (alpha.reshape(-1).cpu() > 0.5)
+                    groups = pixel_masks(masks[index].bool().cpu(), mask_scales[index], view_levels[index], level)
+                    match = match_masks(groups, torch.where(known, where, -1), masks[index].shape[0], prefixes.numel())
+                    evidence.add(match)
+                    matches.append(match)
+                    progress.update()
+                if round_index == rounds:
+                    break
+                kept_apart = evidence.kept_apart()
+                votes = torch.zeros(codes.numel(), prefixes.numel())
+                for index in range(num_views):
+                    groups = pixel_masks(masks[index].bool().cpu(), mask_scales[index], view_levels[index], level)
+                    labels = pixel_labels(groups, matches[index], kept_apart)
+                    votes += self._label_votes(labels, prefixes.numel(), lambda c, i=index: render(c, i)[0])
+                    progress.update()
+                codes, changed = reassign(codes, prefixes, inverse, bits, parent_bits, votes)
+                if changed == 0:
+                    progress.update((rounds - round_index - 1) * 2 * num_views)
+                    break
+            counts = torch.bincount(inverse, minlength=prefixes.numel())
+            merged = merge_siblings(prefixes, counts, bits, parent_bits, evidence)
+            shift = CODE_BITS - bits
+            codes = (merged[inverse] << shift) | (codes & ((1 << shift) - 1))
+        progress.close()
+        return codes
+
+    def _label_votes(self, labels: Tensor, num_codes: int, render) -> Tensor:
+        """[N, K]: each Gaussian's summed blending weight into the pixels voting for each code (one-hot per pixel;
+        a vector-Jacobian product of the linear render, ``chunk`` codes per render)."""
+        num = self.num_points
+        votes = torch.zeros(num, num_codes)
+        has = labels >= 0
+        if not bool(has.any()):
+            return votes
+        for start, end in render_chunks(num_codes):
+            inside = has & (labels >= start) & (labels < end)
+            if not bool(inside.any()):
+                continue
+            upstream = torch.zeros(labels.numel(), end - start)
+            upstream[inside, labels[inside] - start] = 1.0
+            colors = torch.zeros(num, end - start, device=self.device, requires_grad=True)
+            with torch.enable_grad():
+                rendered = render(colors)
+                (grad,) = torch.autograd.grad(rendered, colors, upstream.to(rendered).reshape(rendered.shape))
+            votes[:, start:end] = grad.detach().cpu()
+        return votes
 
     def _restore_latent(self) -> None:
         """Training again after finalisation (resume): the latent restarts from the stored bits."""
@@ -306,18 +401,12 @@ class BinaryGaussianModel(SegSplatModel):
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(training_callback_attributes)
+        self._optimizers = training_callback_attributes.optimizers  # finish_training drops the latent's state
         callbacks.append(
             TrainingCallback(
                 [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
                 self._set_opacity_lr,
                 args=[training_callback_attributes.optimizers],
-            )
-        )
-        callbacks.append(
-            TrainingCallback(
-                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-                self._finalize_at_last_step,
-                args=[training_callback_attributes],
             )
         )
         return callbacks
@@ -336,18 +425,10 @@ class BinaryGaussianModel(SegSplatModel):
         for group, base in zip(optimizer.param_groups, self._opacity_base_lr):
             group["lr"] = base * factor
 
-    def _finalize_at_last_step(self, attributes: TrainingCallbackAttributes, step: int) -> None:
-        trainer = attributes.trainer
-        if trainer is None or not self.config.finalize_codes or not self.in_feature_stage:
-            return
-        last = trainer._start_step + trainer.config.max_num_iterations - 1
-        if step >= last:
-            cameras = None
-            pipeline = attributes.pipeline
-            dataset = pipeline.datamanager.train_dataset if pipeline is not None else None
-            if dataset is not None:
-                cameras = dataset.cameras
-            self.finalize_codes(attributes.optimizers, cameras)
+    def finish_training(self, views: TrainingViews) -> None:
+        """After the last step (the method contract): store the codes (:meth:`finalize_codes`)."""
+        if self.config.finalize_codes:
+            self.finalize_codes(self._optimizers, views.cameras, views.masks, views.mask_scales)
 
     # ---- rendering ----------------------------------------------------------------------------------
     def feature_colors(self) -> Tensor:

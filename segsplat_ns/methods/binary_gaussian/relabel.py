@@ -1,0 +1,220 @@
+"""Mask-consistent relabelling of stored codes (ours; the paper has no such step). Pure functions, no nerfstudio
+imports; the model renders, these functions decide.
+
+Why: training can freeze part of a segment on a sibling's code. On the five-object bench scene (seed 0) half of
+a table's pedestal renders with the table foot's level-2 code in every view that sees its back, even in views
+whose masks separate pedestal and foot cleanly: once Eq. 8 has pushed the latent to 0/1, the contrastive gradient
+no longer flips the bits (docs/binary-gaussian.md, "Mask-consistent relabelling"). The training masks still say
+which pixels belong together, so after training, level by level (coarse to fine, levels 2..L), we ask them again:
+
+1. per training view, the rendered level-l codes of each level-l mask's pixels (a pixel's mask is the smallest
+   mask of level <= l containing it, :func:`pixel_masks`, as in training) give an overlap table
+   ``overlap[m, k]`` (pixels of mask m rendering code k); a one-to-one assignment (Hungarian, maximum overlap)
+   gives each mask at most one code, accepted when the code covers at least ``ACCEPT`` of the mask
+   (:func:`match_masks`). One-to-one is the point: in a view where pedestal and foot are two masks, the foot's
+   code can label only one of them, and the pedestal mask takes the pedestal's code if enough of it is there;
+2. evidence between codes over all views (:class:`CodeEvidence`): *together* when two codes each cover at least
+   ``SHARE`` of one mask, *apart* when they label two different masks of one view (both weighted by the smaller
+   pixel count);
+3. each Gaussian takes the code of the masks it renders into, weighted by its blending weights (a
+   vector-Jacobian product of the render, as the vote of :mod:`.vote`), among the codes of its own parent group
+   (:func:`reassign`). A mask that merges codes other views keep apart (a code with ``SHARE`` of it, labelling no
+   mask of this view, and more often apart from the mask's code than together with it) gives no votes
+   (:func:`pixel_labels`): SAM often merges small parts into their neighbour, and such a mask must not pull a
+   part into it. Repeated ``rounds`` times (a fix in one view changes the overlaps of the next);
+4. sibling codes whose *together* evidence exceeds ``MERGE_RATIO`` times their *apart* evidence are merged
+   (:func:`merge_siblings`; cluster sums, so two fragments of the head cannot drag the body along): a part that
+   trained onto two codes, each present in the same masks and never in two masks of one view, becomes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ACCEPT",
+    "MERGE_RATIO",
+    "SHARE",
+    "CodeEvidence",
+    "MaskMatch",
+    "match_masks",
+    "merge_siblings",
+    "pixel_labels",
+    "pixel_masks",
+    "reassign",
+    "render_chunks",
+]
+
+ACCEPT = 0.25
+"""A mask takes a code when the code covers at least this fraction of the mask's rendered pixels."""
+SHARE = 0.1
+"""A code counts as present in a mask when it covers at least this fraction of the mask."""
+MERGE_RATIO = 3.0
+"""Siblings merge when they are together in masks at least this many times as often as apart (pixel-weighted)."""
+
+
+def pixel_masks(masks: Tensor, rank_key: Tensor, levels: Tensor, level: int) -> Tensor:
+    """Each pixel's level-``level`` mask: the smallest (by ``rank_key``, ties by index) mask of level <= ``level``
+    containing it; long [H*W], -1 where none does. ``masks`` bool [M, H, W]; ``levels`` [M] (0-based).
+
+    Memory is one [H*W] map: masks are painted largest first, so the smallest is painted last."""
+    m = masks.shape[0]
+    out = torch.full((masks[0].numel() if m else 0,), -1, dtype=torch.long, device=masks.device)
+    if m == 0:
+        return out
+    order = torch.argsort(rank_key.to(torch.float64).reshape(-1).cpu(), stable=True).tolist()
+    flat = masks.reshape(m, -1)
+    for index in reversed(order):  # largest first; ties: the lower index (earlier in the stable order) last
+        if int(levels[index]) <= level:
+            out[flat[index].bool()] = index
+    return out
+
+
+@dataclass
+class MaskMatch:
+    """One view's masks against one level's codes: ``overlap`` [M, K] pixel counts, ``label`` [M] (the code of
+    each mask, -1 none), ``size`` [M] (rendered pixels per mask), ``home`` [K] (the mask each code labels, -1)."""
+
+    overlap: Tensor
+    label: Tensor
+    size: Tensor
+    home: Tensor
+
+
+def match_masks(groups: Tensor, pixel_codes: Tensor, num_masks: int, num_codes: int, accept: float = ACCEPT) -> MaskMatch:
+    """Overlap of masks and codes and their one-to-one assignment (step 1 of the module docstring).
+
+    ``groups`` [P] mask of each pixel (-1 none), ``pixel_codes`` [P] index of each pixel's rendered code (-1: not
+    rendered, or a code no Gaussian holds). The assignment maximises the summed overlap (Hungarian); a pair is kept
+    when its overlap is positive and at least ``accept`` of the mask's pixels that render a known code."""
+    valid = (groups >= 0) & (pixel_codes >= 0)
+    overlap = torch.zeros(num_masks, num_codes, dtype=torch.float64)
+    if bool(valid.any()):
+        overlap.index_put_((groups[valid].cpu(), pixel_codes[valid].cpu()), torch.ones(int(valid.sum()), dtype=torch.float64),
+                           accumulate=True)
+    size = overlap.sum(-1)
+    label = torch.full((num_masks,), -1, dtype=torch.long)
+    home = torch.full((num_codes,), -1, dtype=torch.long)
+    if num_masks and num_codes:
+        from scipy.optimize import linear_sum_assignment
+
+        rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
+        for mask, code in zip(rows.tolist(), cols.tolist()):
+            if overlap[mask, code] > 0 and overlap[mask, code] >= accept * size[mask]:
+                label[mask] = code
+                home[code] = mask
+    return MaskMatch(overlap, label, size, home)
+
+
+def _present(match: MaskMatch, share: float) -> Tensor:
+    """[M, K] bool: code k covers at least ``share`` of mask m."""
+    return (match.overlap > 0) & (match.overlap >= share * match.size.clamp_min(1.0)[:, None])
+
+
+@dataclass
+class CodeEvidence:
+    """Pixel-weighted evidence between the K codes of one level, summed over views (step 2): ``together[a, b]``
+    (both present in one mask), ``apart[a, b]`` (labelling two masks of one view); both symmetric."""
+
+    num_codes: int
+    together: Tensor = field(init=False)
+    apart: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.together = torch.zeros(self.num_codes, self.num_codes, dtype=torch.float64)
+        self.apart = torch.zeros(self.num_codes, self.num_codes, dtype=torch.float64)
+
+    def add(self, match: MaskMatch, share: float = SHARE) -> None:
+        present = _present(match, share)
+        for mask in torch.nonzero(present.any(-1)).flatten().tolist():
+            codes = torch.nonzero(present[mask]).flatten()
+            if codes.numel() > 1:
+                counts = match.overlap[mask, codes]
+                pair = torch.minimum(counts[:, None], counts[None, :])
+                pair.fill_diagonal_(0.0)
+                self.together[codes[:, None], codes[None, :]] += pair
+        masks = torch.nonzero(match.label >= 0).flatten()
+        if masks.numel() > 1:
+            codes = match.label[masks]
+            counts = match.overlap[masks, codes]
+            pair = torch.minimum(counts[:, None], counts[None, :])
+            pair.fill_diagonal_(0.0)
+            self.apart[codes[:, None], codes[None, :]] += pair
+
+    def kept_apart(self) -> Tensor:
+        """[K, K] bool: more apart than together."""
+        return self.apart > self.together
+
+
+def pixel_labels(groups: Tensor, match: MaskMatch, kept_apart: Tensor, share: float = SHARE) -> Tensor:
+    """The code each pixel votes for (step 3): its mask's label, -1 for pixels of unlabelled masks and of masks
+    that merge codes other views keep apart (a present code that labels no mask of this view and is
+    ``kept_apart`` from the mask's label). long [P]."""
+    label = match.label.clone()
+    present = _present(match, share)
+    unhoused = match.home < 0
+    for mask in torch.nonzero(label >= 0).flatten().tolist():
+        code = int(label[mask])
+        merged = present[mask] & unhoused & kept_apart[code]
+        merged[code] = False
+        if bool(merged.any()):
+            label[mask] = -1
+    label = label.to(groups.device)
+    return torch.where(groups >= 0, label[groups.clamp_min(0)], torch.full_like(groups, -1))
+
+
+def reassign(codes: Tensor, prefixes: Tensor, inverse: Tensor, prefix_bits: int, parent_bits: int, votes: Tensor) -> Tuple[Tensor, int]:
+    """Each Gaussian's level prefix becomes the voted one among the prefixes of its parent group (step 3).
+
+    ``codes`` unsigned int64 [N]; ``prefixes`` [K] the distinct level prefixes (sorted), ``inverse`` [N] each
+    Gaussian's index into them; ``votes`` [N, K] summed blending weights per voted prefix. Gaussians with no vote
+    for a prefix of their own parent keep theirs; finer bits are kept. Returns (codes, number changed)."""
+    parent_of = prefixes >> (prefix_bits - parent_bits)
+    own_parent = parent_of[inverse]
+    allowed = parent_of[None, :] == own_parent[:, None]
+    votes = torch.where(allowed, votes, torch.zeros_like(votes))
+    best = votes.argmax(-1)
+    change = (votes.max(-1).values > 0) & (best != inverse)
+    shift = 32 - prefix_bits
+    low = codes & ((1 << shift) - 1)
+    new = torch.where(change, (prefixes[best] << shift) | low, codes)
+    return new, int(change.sum())
+
+
+def merge_siblings(prefixes: Tensor, counts: Tensor, prefix_bits: int, parent_bits: int, evidence: CodeEvidence,
+                   ratio: float = MERGE_RATIO) -> Tensor:
+    """Step 4: the prefix each distinct prefix becomes [K] (itself if not merged). Greedy, largest *together*
+    first: two clusters of the same parent merge when their summed together evidence exceeds ``ratio`` times
+    their summed apart evidence; the cluster with more Gaussians gives its prefix."""
+    k = prefixes.numel()
+    parent_of = prefixes >> (prefix_bits - parent_bits)
+    together, apart = evidence.together.clone(), evidence.apart.clone()
+    alive = torch.ones(k, dtype=torch.bool)
+    size = counts.to(torch.float64).clone()
+    root = torch.arange(k)
+    same = parent_of[:, None] == parent_of[None, :]
+    eye = torch.eye(k, dtype=torch.bool)
+    while True:
+        ok = alive[:, None] & alive[None, :] & same & ~eye & (together > 0) & (together > ratio * apart)
+        if not bool(ok.any()):
+            break
+        a, b = divmod(int(torch.where(ok, together, torch.full_like(together, -1.0)).argmax()), k)
+        if size[a] < size[b] or (size[a] == size[b] and b < a):
+            a, b = b, a
+        root[root == b] = a
+        alive[b] = False
+        size[a] += size[b]
+        for table in (together, apart):
+            table[a, :] += table[b, :]
+            table[:, a] += table[:, b]
+            table[a, a] = 0.0
+    return prefixes[root]
+
+
+def render_chunks(num_codes: int, chunk: int = 32) -> List[Tuple[int, int]]:
+    """Channel ranges for rendering one-hot votes over ``num_codes`` codes ``chunk`` channels at a time."""
+    return [(start, min(start + chunk, num_codes)) for start in range(0, num_codes, chunk)]
