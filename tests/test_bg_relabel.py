@@ -6,11 +6,11 @@ import torch
 
 from segsplat_ns.methods.binary_gaussian.relabel import (
     CodeEvidence,
+    VoteTally,
     match_masks,
     merge_siblings,
     pixel_labels,
     pixel_masks,
-    reassign,
     render_chunks,
 )
 
@@ -94,9 +94,16 @@ def test_reassign_moves_a_gaussian_to_the_voted_prefix_of_its_own_parent_only():
         [0.0, 5.0, 0.1],  # parent 2: 0x13 is another object's prefix, not allowed -> 0x22 (its own)
         [0.0, 0.0, 3.0],  # parent 1: the only vote is for another parent's prefix -> keeps 0x12
     ])
-    new, changed = reassign(codes, prefixes, inverse, prefix_bits=8, parent_bits=4, votes=votes)
+    tally = VoteTally(codes, prefixes, inverse, prefix_bits=8, parent_bits=4)
+    tally.add(0, votes)
+    new, changed = tally.result()
     assert new.tolist() == [_code(1, 3, 7), _code(1, 3, 5), _code(2, 2, 1), _code(1, 2)]
     assert changed == 1
+    # the same votes in two chunks (0x12-0x13, then 0x22) decide the same
+    chunked = VoteTally(codes, prefixes, inverse, prefix_bits=8, parent_bits=4)
+    chunked.add(0, votes[:, :2])
+    chunked.add(2, votes[:, 2:])
+    assert torch.equal(chunked.result()[0], new)
 
 
 def test_merge_siblings_joins_fragments_but_not_parts_by_cluster_sums():

@@ -4,6 +4,7 @@
 - :mod:`.levels`: training masks -> levels and the segmenter's scale -> a level (pure torch);
 - :mod:`.loss`: STE, progressive contrastive, virtual negative and binarisation losses (pure torch);
 - :mod:`.vote`: from the trained latent to stored bits, and the code clean-up (pure torch);
+- :mod:`.relabel`: the stored codes checked against the training masks, one-to-one per view (pure torch + scipy);
 - :mod:`.model`: :class:`BinaryGaussianModelConfig` and :class:`BinaryGaussianModel`, the nerfstudio model.
 
 The model is imported on first use, so the pure modules load without nerfstudio.

@@ -17,7 +17,8 @@ What the paper adds (the maths is in the sibling modules :mod:`.codes`, :mod:`.l
 - opacity fine-tuned at 2% of its initial learning rate during the feature stage (Sec. 3.5 / 4.2);
 - after training, each Gaussian keeps ONE 32-bit integer (buffer ``binary_codes``, int32 [N]); the float latent
   and its optimizer state are dropped from the final checkpoint. The bits are a render-weighted vote over the
-  training views followed by two code clean-ups (:mod:`.vote`). At inference the stored bits are rendered (Eq. 2)
+  training views followed by two code clean-ups (:mod:`.vote`) and a check against the training masks
+  (:mod:`.relabel`), in ``finish_training``. At inference the stored bits are rendered (Eq. 2)
   and the clicked pixel's binarised code gives the query Class_p (Sec. 3.6);
 - CHOICE: lambda_reg ramps from 0 to 10 over the first ``reg_warmup_steps`` (500) feature steps;
 - CHOICE: each level's Eq. 6 is scaled per anchor pixel (mean of its positive pairs + mean of its negative pairs,
@@ -76,11 +77,11 @@ from segsplat_ns.methods.binary_gaussian.loss import (
 )
 from segsplat_ns.methods.binary_gaussian.relabel import (
     CodeEvidence,
+    VoteTally,
     match_masks,
     merge_siblings,
     pixel_labels,
     pixel_masks,
-    reassign,
     render_chunks,
 )
 from segsplat_ns.methods.binary_gaussian.vote import (
@@ -286,6 +287,7 @@ class BinaryGaussianModel(SegSplatModel):
         def render(colors: Tensor, index: int) -> Tuple[Tensor, Tensor]:
             return self.render_features(colors.to(self.device), cameras[index : index + 1].to(self.device))
 
+        # per level and round: one pass to match masks and codes, one to vote (per chunk of 32 codes); then a last match
         progress = tqdm(total=(self.num_levels - 1) * (2 * rounds + 1) * num_views, desc="binary-gaussian: relabel codes",
                         unit="view", leave=False)
         for level in range(1, self.num_levels):
@@ -307,15 +309,18 @@ class BinaryGaussianModel(SegSplatModel):
                 if round_index == rounds:
                     break
                 kept_apart = evidence.kept_apart()
-                votes = torch.zeros(codes.numel(), prefixes.numel())
-                for index in range(num_views):
-                    groups = pixel_masks(masks[index].bool().cpu(), mask_scales[index], view_levels[index], level)
-                    labels = pixel_labels(groups, matches[index], kept_apart)
-                    votes += self._label_votes(labels, prefixes.numel(), lambda c, i=index: render(c, i)[0])
-                    progress.update()
-                codes, changed = reassign(codes, prefixes, inverse, bits, parent_bits, votes)
+                tally = VoteTally(codes, prefixes, inverse, bits, parent_bits)
+                for start, end in render_chunks(prefixes.numel()):
+                    votes = torch.zeros(codes.numel(), end - start)
+                    for index in range(num_views):
+                        groups = pixel_masks(masks[index].bool().cpu(), mask_scales[index], view_levels[index], level)
+                        labels = pixel_labels(groups, matches[index], kept_apart)
+                        votes += self._label_votes(labels, start, end, lambda c, i=index: render(c, i)[0])
+                    tally.add(start, votes)
+                progress.update(num_views)
+                codes, changed = tally.result()
                 if changed == 0:
-                    progress.update((rounds - round_index - 1) * 2 * num_views)
+                    progress.update((rounds - round_index - 1) * 2 * num_views + num_views)
                     break
             counts = torch.bincount(inverse, minlength=prefixes.numel())
             merged = merge_siblings(prefixes, counts, bits, parent_bits, evidence)
@@ -324,26 +329,20 @@ class BinaryGaussianModel(SegSplatModel):
         progress.close()
         return codes
 
-    def _label_votes(self, labels: Tensor, num_codes: int, render) -> Tensor:
-        """[N, K]: each Gaussian's summed blending weight into the pixels voting for each code (one-hot per pixel;
-        a vector-Jacobian product of the linear render, ``chunk`` codes per render)."""
-        num = self.num_points
-        votes = torch.zeros(num, num_codes)
-        has = labels >= 0
-        if not bool(has.any()):
+    def _label_votes(self, labels: Tensor, start: int, end: int, render) -> Tensor:
+        """[N, end - start]: each Gaussian's summed blending weight into the pixels voting for codes start..end
+        (one-hot per pixel; a vector-Jacobian product of the linear render)."""
+        votes = torch.zeros(self.num_points, end - start)
+        inside = (labels >= start) & (labels < end)
+        if not bool(inside.any()):
             return votes
-        for start, end in render_chunks(num_codes):
-            inside = has & (labels >= start) & (labels < end)
-            if not bool(inside.any()):
-                continue
-            upstream = torch.zeros(labels.numel(), end - start)
-            upstream[inside, labels[inside] - start] = 1.0
-            colors = torch.zeros(num, end - start, device=self.device, requires_grad=True)
-            with torch.enable_grad():
-                rendered = render(colors)
-                (grad,) = torch.autograd.grad(rendered, colors, upstream.to(rendered).reshape(rendered.shape))
-            votes[:, start:end] = grad.detach().cpu()
-        return votes
+        upstream = torch.zeros(labels.numel(), end - start)
+        upstream[inside, labels[inside] - start] = 1.0
+        colors = torch.zeros(self.num_points, end - start, device=self.device, requires_grad=True)
+        with torch.enable_grad():
+            rendered = render(colors)
+            (grad,) = torch.autograd.grad(rendered, colors, upstream.to(rendered).reshape(rendered.shape))
+        return grad.detach().cpu()
 
     def _restore_latent(self) -> None:
         """Training again after finalisation (resume): the latent restarts from the stored bits."""

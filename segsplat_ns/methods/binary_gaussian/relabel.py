@@ -18,7 +18,7 @@ which pixels belong together, so after training, level by level (coarse to fine,
    pixel count);
 3. each Gaussian takes the code of the masks it renders into, weighted by its blending weights (a
    vector-Jacobian product of the render, as the vote of :mod:`.vote`), among the codes of its own parent group
-   (:func:`reassign`). A mask that merges codes other views keep apart (a code with ``SHARE`` of it, labelling no
+   (:class:`VoteTally`). A mask that merges codes other views keep apart (a code with ``SHARE`` of it, labelling no
    mask of this view, and more often apart from the mask's code than together with it) gives no votes
    (:func:`pixel_labels`): SAM often merges small parts into their neighbour, and such a mask must not pull a
    part into it. Repeated ``rounds`` times (a fix in one view changes the overlaps of the next);
@@ -45,7 +45,7 @@ __all__ = [
     "merge_siblings",
     "pixel_labels",
     "pixel_masks",
-    "reassign",
+    "VoteTally",
     "render_chunks",
 ]
 
@@ -167,22 +167,38 @@ def pixel_labels(groups: Tensor, match: MaskMatch, kept_apart: Tensor, share: fl
     return torch.where(groups >= 0, label[groups.clamp_min(0)], torch.full_like(groups, -1))
 
 
-def reassign(codes: Tensor, prefixes: Tensor, inverse: Tensor, prefix_bits: int, parent_bits: int, votes: Tensor) -> Tuple[Tensor, int]:
-    """Each Gaussian's level prefix becomes the voted one among the prefixes of its parent group (step 3).
+class VoteTally:
+    """Step 3's decision, one chunk of codes at a time (memory [N, chunk], not [N, K]): each Gaussian's best-voted
+    prefix among those of its own parent group.
 
     ``codes`` unsigned int64 [N]; ``prefixes`` [K] the distinct level prefixes (sorted), ``inverse`` [N] each
-    Gaussian's index into them; ``votes`` [N, K] summed blending weights per voted prefix. Gaussians with no vote
-    for a prefix of their own parent keep theirs; finer bits are kept. Returns (codes, number changed)."""
-    parent_of = prefixes >> (prefix_bits - parent_bits)
-    own_parent = parent_of[inverse]
-    allowed = parent_of[None, :] == own_parent[:, None]
-    votes = torch.where(allowed, votes, torch.zeros_like(votes))
-    best = votes.argmax(-1)
-    change = (votes.max(-1).values > 0) & (best != inverse)
-    shift = 32 - prefix_bits
-    low = codes & ((1 << shift) - 1)
-    new = torch.where(change, (prefixes[best] << shift) | low, codes)
-    return new, int(change.sum())
+    Gaussian's index into them; :meth:`add` takes the summed blending weights [N, end - start] that vote for
+    prefixes ``start..end``."""
+
+    def __init__(self, codes: Tensor, prefixes: Tensor, inverse: Tensor, prefix_bits: int, parent_bits: int) -> None:
+        self.codes, self.prefixes, self.inverse, self.prefix_bits = codes, prefixes, inverse, prefix_bits
+        self.parent_of = prefixes >> (prefix_bits - parent_bits)
+        self.own_parent = self.parent_of[inverse]
+        self.best_vote = torch.zeros(codes.numel(), dtype=torch.float64)
+        self.best = inverse.clone()
+
+    def add(self, start: int, votes: Tensor) -> None:
+        end = start + votes.shape[1]
+        allowed = self.parent_of[start:end][None, :] == self.own_parent[:, None]
+        votes = torch.where(allowed, votes.to(torch.float64), torch.zeros((), dtype=torch.float64))
+        value, index = votes.max(-1)
+        better = value > self.best_vote  # strict: the earlier (smaller) prefix keeps a tie
+        self.best_vote[better] = value[better]
+        self.best[better] = index[better] + start
+
+    def result(self) -> Tuple[Tensor, int]:
+        """(codes with each voted Gaussian's level prefix replaced, finer bits kept; number changed). Gaussians with
+        no vote for a prefix of their own parent keep theirs."""
+        change = (self.best_vote > 0) & (self.best != self.inverse)
+        shift = 32 - self.prefix_bits
+        low = self.codes & ((1 << shift) - 1)
+        new = torch.where(change, (self.prefixes[self.best] << shift) | low, self.codes)
+        return new, int(change.sum())
 
 
 def merge_siblings(prefixes: Tensor, counts: Tensor, prefix_bits: int, parent_bits: int, evidence: CodeEvidence,
