@@ -7,11 +7,14 @@ import torch
 from segsplat_ns.methods.binary_gaussian.relabel import (
     CodeEvidence,
     VoteTally,
+    _far_field,
     match_masks,
     merge_siblings,
     pixel_labels,
     pixel_masks,
     render_chunks,
+    split_codes,
+    taken_masks,
 )
 
 
@@ -135,3 +138,46 @@ def test_merge_siblings_joins_fragments_but_not_parts_by_cluster_sums():
 def test_render_chunks_cover_every_code_once():
     assert render_chunks(70, 32) == [(0, 32), (32, 64), (64, 70)]
     assert render_chunks(0) == []
+
+
+def test_taken_masks_finds_a_mask_whose_code_a_larger_mask_took():
+    # head and body trained onto one code (0): the body mask (0, 10 px) takes it one-to-one, the head mask (1, 4 px,
+    # all code 0) is left without a code: taken by 0. Mask 2 (code 1 only, labelled) and mask 3 (half code 0,
+    # half unknown: 2 of 2 known pixels) -- the share counts known pixels only.
+    groups = _t([0] * 10 + [1] * 4 + [2] * 3 + [3] * 4)
+    codes = _t([0] * 10 + [0] * 4 + [1] * 3 + [0, 0, -1, -1])
+    match = match_masks(groups, codes, 4, 2)
+    assert match.label.tolist() == [0, -1, 1, -1]
+    assert taken_masks(match).tolist() == [-1, 0, -1, 0]
+    # a mask whose largest code covers under half of it is not taken
+    mixed = match_masks(_t([0] * 10 + [1] * 4), _t([0] * 10 + [0, 1, 2, 2]), 2, 3)
+    assert taken_masks(mixed).tolist()[1] == -1
+
+
+def test_split_codes_moves_the_gaussians_that_render_more_into_taken_masks():
+    # level 2 of (4, 4) bits: code 0x10 holds the body (Gaussians 0-2) and the head (3-4); 0x13 is a sibling
+    codes = _t([_code(1, 0)] * 5 + [_code(1, 3)])
+    prefixes, inverse = torch.unique(codes >> 24, return_inverse=True)
+    split = torch.tensor([0.0, 0.1, 0.0, 2.0, 1.5, 0.0])
+    stay = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.5, 0.0])
+    new, count = split_codes(codes, prefixes, inverse, 8, 4, split, stay, taken_views=_t([2, 0]))
+    assert count == 1
+    assert new[:3].tolist() == codes[:3].tolist() and new[5] == codes[5]
+    head = {int(c) >> 24 for c in new[3:5]}
+    assert len(head) == 1
+    field_ = head.pop() & 0xF
+    assert field_ not in (0x0, 0x3)
+    # the new field is as far as the search finds from 0000 and 0011: the best possible is 3 from both (1110 or
+    # 1101: 4 from 0000 would be 1111, only 2 from 0011)
+    assert min(bin(field_ ^ 0x0).count("1"), bin(field_ ^ 0x3).count("1")) == 3
+    # one view with a taken mask is not enough (MIN_SPLIT_VIEWS = 2); a code that would move whole does not split
+    assert split_codes(codes, prefixes, inverse, 8, 4, split, stay, _t([1, 0]))[1] == 0
+    everyone = torch.full((6,), 5.0)
+    assert split_codes(codes, prefixes, inverse, 8, 4, everyone, stay, _t([2, 2]))[1] == 0
+
+
+def test_far_field_avoids_every_sibling():
+    assert _far_field([0b0000], 4) == 0b1111
+    field_ = _far_field([0b0000, 0b1111], 4)
+    assert field_ not in (0b0000, 0b1111) and bin(field_).count("1") == 2
+    assert _far_field(list(range(4)), 2) is None  # every 2-bit field is used

@@ -83,6 +83,8 @@ from segsplat_ns.methods.binary_gaussian.relabel import (
     pixel_labels,
     pixel_masks,
     render_chunks,
+    split_codes,
+    taken_masks,
 )
 from segsplat_ns.methods.binary_gaussian.vote import (
     absorb_small_segments,
@@ -271,9 +273,10 @@ class BinaryGaussianModel(SegSplatModel):
     @torch.no_grad()
     def relabel_from_masks(self, codes: Tensor, cameras: Cameras, masks: Sequence[Tensor],
                            mask_scales: Sequence[Tensor]) -> Tensor:
-        """Mask-consistent relabelling (:mod:`.relabel`): levels 2..L, ``relabel_rounds`` rounds each, then sibling
-        merges. Masks are read by nesting (:func:`.levels.mask_levels`) whatever ``level_rule`` trained the model.
-        ``codes`` unsigned int64 [N]; returns int64 [N]."""
+        """Mask-consistent relabelling (:mod:`.relabel`): levels 2..L, ``relabel_rounds`` rounds each, then codes
+        split off for masks whose code a larger mask took, then sibling merges. Masks are read by nesting
+        (:func:`.levels.mask_levels`) whatever ``level_rule`` trained the model. ``codes`` unsigned int64 [N];
+        returns int64 [N]."""
         from tqdm import tqdm
 
         codes = codes.to(torch.int64).cpu() & 0xFFFFFFFF
@@ -283,51 +286,99 @@ class BinaryGaussianModel(SegSplatModel):
         rounds = self.config.relabel_rounds
         view_levels = [mask_levels(masks[i].bool(), mask_scales[i], self.num_levels, self.config.nest_fraction)
                        for i in range(num_views)]
-
-        def render(colors: Tensor, index: int) -> Tuple[Tensor, Tensor]:
-            return self.render_features(colors.to(self.device), cameras[index : index + 1].to(self.device))
-
-        # per level and round: one pass to match masks and codes, one to vote (per chunk of 32 codes); then a last match
-        progress = tqdm(total=(self.num_levels - 1) * (2 * rounds + 1) * num_views, desc="binary-gaussian: relabel codes",
+        views = _RelabelViews(self, cameras, masks, mask_scales, view_levels)
+        # per level: the rounds (each a pass matching masks and codes + a voting pass, then a last matching pass), the
+        # split pass, and the rounds again after a split (the bar's total assumes one split)
+        progress = tqdm(total=(self.num_levels - 1) * (4 * rounds + 3) * num_views, desc="binary-gaussian: relabel codes",
                         unit="view", leave=False)
         for level in range(1, self.num_levels):
             bits, parent_bits = prefix_bits(self.widths, level), prefix_bits(self.widths, level - 1)
-            for round_index in range(rounds + 1):
-                prefixes, inverse = torch.unique(code_prefix(codes, bits), return_inverse=True)
-                colors = unpack_codes(codes, self.config.feature_dim).float()
-                evidence, matches = CodeEvidence(prefixes.numel()), []
-                for index in range(num_views):
-                    features, alpha = render(colors, index)
-                    rendered = code_prefix(pack_codes(features > 0.5), bits).reshape(-1).cpu()
-                    where = torch.searchsorted(prefixes, rendered).clamp(max=prefixes.numel() - 1)
-                    known = (prefixes[where] == rendered) & (alpha.reshape(-1).cpu() > 0.5)
-                    groups = pixel_masks(masks[index].bool().cpu(), mask_scales[index], view_levels[index], level)
-                    match = match_masks(groups, torch.where(known, where, -1), masks[index].shape[0], prefixes.numel())
-                    evidence.add(match)
-                    matches.append(match)
-                    progress.update()
-                if round_index == rounds:
-                    break
-                kept_apart = evidence.kept_apart()
-                tally = VoteTally(codes, prefixes, inverse, bits, parent_bits)
-                for start, end in render_chunks(prefixes.numel()):
-                    votes = torch.zeros(codes.numel(), end - start)
-                    for index in range(num_views):
-                        groups = pixel_masks(masks[index].bool().cpu(), mask_scales[index], view_levels[index], level)
-                        labels = pixel_labels(groups, matches[index], kept_apart)
-                        votes += self._label_votes(labels, start, end, lambda c, i=index: render(c, i)[0])
-                    tally.add(start, votes)
-                progress.update(num_views)
-                codes, changed = tally.result()
-                if changed == 0:
-                    progress.update((rounds - round_index - 1) * 2 * num_views + num_views)
-                    break
+            codes, prefixes, inverse, evidence, matches = self._relabel_rounds(codes, level, views, progress)
+            codes, splits = self._split_taken(codes, prefixes, inverse, bits, parent_bits, matches, level, views)
+            progress.update(num_views)
+            if splits:  # the new codes now label their masks: the rounds again carry them to the rest of the part
+                codes, prefixes, inverse, evidence, matches = self._relabel_rounds(codes, level, views, progress)
+            else:
+                progress.update((2 * rounds + 1) * num_views)
             counts = torch.bincount(inverse, minlength=prefixes.numel())
             merged = merge_siblings(prefixes, counts, bits, parent_bits, evidence)
             shift = CODE_BITS - bits
             codes = (merged[inverse] << shift) | (codes & ((1 << shift) - 1))
         progress.close()
         return codes
+
+    def _relabel_rounds(self, codes: Tensor, level: int, views: "_RelabelViews", progress):
+        """Steps 1-3 of :mod:`.relabel`, ``relabel_rounds`` times (fewer when nothing changes); returns the codes and
+        the last matching pass (prefixes, inverse, evidence, matches) for those codes."""
+        rounds = self.config.relabel_rounds
+        bits, parent_bits = prefix_bits(self.widths, level), prefix_bits(self.widths, level - 1)
+        for round_index in range(rounds + 1):
+            prefixes, inverse, evidence, matches = self._match_views(codes, bits, level, views, progress)
+            if round_index == rounds:
+                break
+            kept_apart = evidence.kept_apart()
+            tally = VoteTally(codes, prefixes, inverse, bits, parent_bits)
+            for start, end in render_chunks(prefixes.numel()):
+                votes = torch.zeros(codes.numel(), end - start)
+                for index in range(views.count):
+                    labels = pixel_labels(views.groups(index, level), matches[index], kept_apart)
+                    votes += self._label_votes(labels, start, end, lambda c, i=index: views.render(c, i))
+                tally.add(start, votes)
+            progress.update(views.count)
+            codes, changed = tally.result()
+            if changed == 0:
+                progress.update((rounds - round_index - 1) * 2 * views.count + views.count)
+                break
+        return codes, prefixes, inverse, evidence, matches
+
+    def _match_views(self, codes: Tensor, bits: int, level: int, views: "_RelabelViews", progress):
+        """One pass over the views: the level's distinct prefixes [K], each Gaussian's index into them [N], the
+        together/apart evidence and each view's :class:`.relabel.MaskMatch`."""
+        prefixes, inverse = torch.unique(code_prefix(codes, bits), return_inverse=True)
+        colors = unpack_codes(codes, self.config.feature_dim).float()
+        evidence, matches = CodeEvidence(prefixes.numel()), []
+        for index in range(views.count):
+            features, alpha = views.render_with_alpha(colors, index)
+            rendered = code_prefix(pack_codes(features > 0.5), bits).reshape(-1).cpu()
+            where = torch.searchsorted(prefixes, rendered).clamp(max=prefixes.numel() - 1)
+            known = (prefixes[where] == rendered) & (alpha.reshape(-1).cpu() > 0.5)
+            match = match_masks(views.groups(index, level), torch.where(known, where, -1), views.num_masks(index),
+                                prefixes.numel())
+            evidence.add(match)
+            matches.append(match)
+            progress.update()
+        return prefixes, inverse, evidence, matches
+
+    def _split_taken(self, codes: Tensor, prefixes: Tensor, inverse: Tensor, bits: int, parent_bits: int,
+                     matches, level: int, views: "_RelabelViews") -> Tuple[Tensor, int]:
+        """Step 4 of :mod:`.relabel`: per Gaussian, its blending weight into masks taken from its code and into the
+        masks its code labels, over all views; then :func:`.relabel.split_codes`."""
+        num_codes = prefixes.numel()
+        taken_views = torch.zeros(num_codes, dtype=torch.long)
+        split_maps, stay_maps = [], []
+        for index in range(views.count):
+            taken = taken_masks(matches[index])
+            groups = views.groups(index, level)
+            inside = groups >= 0
+            split_maps.append(torch.where(inside, taken[groups.clamp_min(0)], -1))
+            stay_maps.append(torch.where(inside, matches[index].label[groups.clamp_min(0)], -1))
+            for code in torch.unique(taken[taken >= 0]).tolist():
+                taken_views[code] += 1
+        if not bool((taken_views > 0).any()):
+            return codes, 0
+        split_weight = torch.zeros(codes.numel())
+        stay_weight = torch.zeros(codes.numel())
+        for start, end in render_chunks(num_codes):
+            own = (inverse >= start) & (inverse < end)
+            if not bool((taken_views[start:end] > 0).any()) or not bool(own.any()):
+                continue
+            column = (inverse[own] - start)[:, None]
+            for maps, total in ((split_maps, split_weight), (stay_maps, stay_weight)):
+                votes = torch.zeros(codes.numel(), end - start)
+                for index in range(views.count):
+                    votes += self._label_votes(maps[index], start, end, lambda c, i=index: views.render(c, i))
+                total[own] = votes[own].gather(1, column)[:, 0]
+        return split_codes(codes, prefixes, inverse, bits, parent_bits, split_weight, stay_weight, taken_views)
 
     def _label_votes(self, labels: Tensor, start: int, end: int, render) -> Tensor:
         """[N, end - start]: each Gaussian's summed blending weight into the pixels voting for codes start..end
@@ -586,3 +637,25 @@ class BinaryGaussianModel(SegSplatModel):
     def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> Optional[LatencyProbe]:
         """The int32 prefix compare at a new level and at the same level (:func:`.codes.latency_probe`)."""
         return latency_probe(num, generator)
+
+
+class _RelabelViews:
+    """The training views as relabelling reads them: renders through the model, and each view's masks as a pixel ->
+    mask map per level (recomputed on demand: one [H*W] map at a time)."""
+
+    def __init__(self, model: BinaryGaussianModel, cameras: Cameras, masks: Sequence[Tensor], mask_scales: Sequence[Tensor],
+                 levels: Sequence[Tensor]) -> None:
+        self.model, self.cameras, self.masks, self.mask_scales, self.levels = model, cameras, masks, mask_scales, levels
+        self.count = len(cameras)
+
+    def render_with_alpha(self, colors: Tensor, index: int) -> Tuple[Tensor, Tensor]:
+        return self.model.render_features(colors.to(self.model.device), self.cameras[index : index + 1].to(self.model.device))
+
+    def render(self, colors: Tensor, index: int) -> Tensor:
+        return self.render_with_alpha(colors, index)[0]
+
+    def num_masks(self, index: int) -> int:
+        return int(self.masks[index].shape[0])
+
+    def groups(self, index: int, level: int) -> Tensor:
+        return pixel_masks(self.masks[index].bool().cpu(), self.mask_scales[index], self.levels[index], level)

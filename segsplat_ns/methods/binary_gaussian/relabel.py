@@ -22,7 +22,12 @@ which pixels belong together, so after training, level by level (coarse to fine,
    mask of this view, and more often apart from the mask's code than together with it) gives no votes
    (:func:`pixel_labels`): SAM often merges small parts into their neighbour, and such a mask must not pull a
    part into it. Repeated ``rounds`` times (a fix in one view changes the overlaps of the next);
-4. sibling codes whose *together* evidence exceeds ``MERGE_RATIO`` times their *apart* evidence are merged
+4. a mask left without a code because a larger mask of its view took the code that covers it (the head of a
+   snowman whose head and body trained onto one code: the body mask takes it) is evidence for a code of its own
+   (:func:`taken_masks`): each Gaussian of that code weighs how much it renders into such masks against how much
+   into the masks that keep the code, over all views, and those with more of the first move to a new sibling code
+   (:func:`split_codes`, at least ``MIN_SPLIT_VIEWS`` views with such a mask);
+5. sibling codes whose *together* evidence exceeds ``MERGE_RATIO`` times their *apart* evidence are merged
    (:func:`merge_siblings`; cluster sums, so two fragments of the head cannot drag the body along): a part that
    trained onto two codes, each present in the same masks and never in two masks of one view, becomes one.
 """
@@ -38,6 +43,8 @@ from torch import Tensor
 __all__ = [
     "ACCEPT",
     "MERGE_RATIO",
+    "MIN_SPLIT_VIEWS",
+    "TAKEN_SHARE",
     "SHARE",
     "CodeEvidence",
     "MaskMatch",
@@ -47,12 +54,18 @@ __all__ = [
     "pixel_masks",
     "VoteTally",
     "render_chunks",
+    "split_codes",
+    "taken_masks",
 ]
 
 ACCEPT = 0.25
 """A mask takes a code when the code covers at least this fraction of the mask's rendered pixels."""
 SHARE = 0.1
 """A code counts as present in a mask when it covers at least this fraction of the mask."""
+TAKEN_SHARE = 0.5
+"""An unlabelled mask is "taken" when one code covers at least this fraction of it and labels another mask."""
+MIN_SPLIT_VIEWS = 2
+"""A code splits only when at least this many views have a mask taken from it."""
 MERGE_RATIO = 3.0
 """Siblings merge when they are together in masks at least this many times as often as apart (pixel-weighted)."""
 
@@ -199,6 +212,69 @@ class VoteTally:
         low = self.codes & ((1 << shift) - 1)
         new = torch.where(change, (self.prefixes[self.best] << shift) | low, self.codes)
         return new, int(change.sum())
+
+
+def taken_masks(match: MaskMatch, share: float = TAKEN_SHARE) -> Tensor:
+    """Step 4: the code each mask is taken by, long [M] (-1: none): an unlabelled mask whose largest code covers at
+    least ``share`` of it while labelling another mask of the view."""
+    taken = torch.full_like(match.label, -1)
+    if match.overlap.numel() == 0:
+        return taken
+    count, code = match.overlap.max(-1)
+    home = match.home[code]
+    hit = (match.label < 0) & (count > 0) & (count >= share * match.size.clamp_min(1.0)) & (home >= 0)
+    taken[hit] = code[hit]
+    return taken
+
+
+def split_codes(codes: Tensor, prefixes: Tensor, inverse: Tensor, prefix_bits: int, parent_bits: int, split_weight: Tensor,
+                stay_weight: Tensor, taken_views: Tensor, min_views: int = MIN_SPLIT_VIEWS) -> Tuple[Tensor, int]:
+    """Step 4's decision: every Gaussian whose ``split_weight`` (its blending weight into masks taken from its code,
+    summed over views) exceeds its ``stay_weight`` (into the masks its code labels) moves to a new level prefix,
+    one per code, a sibling of it (same parent) as far in Hamming distance from the others as a search finds, when
+    ``taken_views`` [K] (views with a mask taken from the code) reaches ``min_views``. Finer bits are kept.
+    Returns (codes, number of codes split)."""
+    width = prefix_bits - parent_bits
+    shift = 32 - prefix_bits
+    moving = (split_weight > stay_weight) & (split_weight > 0) & (taken_views[inverse] >= min_views)
+    if not bool(moving.any()):
+        return codes, 0
+    parent_of = prefixes >> width
+    used = {int(p) for p in prefixes.tolist()}
+    new_codes = codes.clone()
+    splits = 0
+    for k in torch.unique(inverse[moving]).tolist():
+        members = moving & (inverse == k)
+        if int(members.sum()) == int((inverse == k).sum()):
+            continue  # the whole code would move: nothing to split
+        parent = int(parent_of[k])
+        siblings = [int(p) & ((1 << width) - 1) for p in used if (int(p) >> width) == parent]
+        field_ = _far_field(siblings, width)
+        if field_ is None:
+            continue
+        prefix = (parent << width) | field_
+        used.add(prefix)
+        new_codes[members] = (prefix << shift) | (codes[members] & ((1 << shift) - 1))
+        splits += 1
+    return new_codes, splits
+
+
+def _far_field(siblings: List[int], width: int, tries: int = 256) -> "int | None":
+    """A ``width``-bit field no sibling uses, with the largest minimum Hamming distance to the siblings among the
+    complements of the siblings and ``tries`` fixed pseudo-random fields (deterministic)."""
+    mask = (1 << width) - 1
+    taken = set(siblings)
+    generator = torch.Generator().manual_seed(width * 7919 + len(siblings))
+    candidates = [~s & mask for s in siblings]
+    candidates += torch.randint(0, 1 << width, (tries,), generator=generator).tolist()
+    best, best_distance = None, -1
+    for field_ in candidates:
+        if field_ in taken:
+            continue
+        distance = min((bin(field_ ^ s).count("1") for s in siblings), default=width)
+        if distance > best_distance:
+            best, best_distance = field_, distance
+    return best
 
 
 def merge_siblings(prefixes: Tensor, counts: Tensor, prefix_bits: int, parent_bits: int, evidence: CodeEvidence,
