@@ -355,15 +355,9 @@ class BinaryGaussianModel(SegSplatModel):
         masks its code labels, over all views; then :func:`.relabel.split_codes`."""
         num_codes = prefixes.numel()
         taken_views = torch.zeros(num_codes, dtype=torch.long)
-        split_maps, stay_maps = [], []
-        for index in range(views.count):
-            taken = taken_masks(matches[index])
-            groups = views.groups(index, level)
-            inside = groups >= 0
-            split_maps.append(torch.where(inside, taken[groups.clamp_min(0)], -1))
-            stay_maps.append(torch.where(inside, matches[index].label[groups.clamp_min(0)], -1))
-            for code in torch.unique(taken[taken >= 0]).tolist():
-                taken_views[code] += 1
+        taken = [taken_masks(match) for match in matches]  # [M] per view; the pixel maps are rebuilt per chunk
+        for view_taken in taken:
+            taken_views[torch.unique(view_taken[view_taken >= 0])] += 1
         if not bool((taken_views > 0).any()):
             return codes, 0
         split_weight = torch.zeros(codes.numel())
@@ -373,11 +367,16 @@ class BinaryGaussianModel(SegSplatModel):
             if not bool((taken_views[start:end] > 0).any()) or not bool(own.any()):
                 continue
             column = (inverse[own] - start)[:, None]
-            for maps, total in ((split_maps, split_weight), (stay_maps, stay_weight)):
-                votes = torch.zeros(codes.numel(), end - start)
-                for index in range(views.count):
-                    votes += self._label_votes(maps[index], start, end, lambda c, i=index: views.render(c, i))
-                total[own] = votes[own].gather(1, column)[:, 0]
+            split_votes = torch.zeros(codes.numel(), end - start)
+            stay_votes = torch.zeros(codes.numel(), end - start)
+            for index in range(views.count):
+                groups = views.groups(index, level)
+                inside, at = groups >= 0, groups.clamp_min(0)
+                render = lambda c, i=index: views.render(c, i)  # noqa: E731
+                split_votes += self._label_votes(torch.where(inside, taken[index][at], -1), start, end, render)
+                stay_votes += self._label_votes(torch.where(inside, matches[index].label[at], -1), start, end, render)
+            split_weight[own] = split_votes[own].gather(1, column)[:, 0]
+            stay_weight[own] = stay_votes[own].gather(1, column)[:, 0]
         return split_codes(codes, prefixes, inverse, bits, parent_bits, split_weight, stay_weight, taken_views)
 
     def _label_votes(self, labels: Tensor, start: int, end: int, render) -> Tensor:

@@ -26,7 +26,8 @@ which pixels belong together, so after training, level by level (coarse to fine,
    snowman whose head and body trained onto one code: the body mask takes it) is evidence for a code of its own
    (:func:`taken_masks`): each Gaussian of that code weighs how much it renders into such masks against how much
    into the masks that keep the code, over all views, and those with more of the first move to a new sibling code
-   (:func:`split_codes`, at least ``MIN_SPLIT_VIEWS`` views with such a mask);
+   (:func:`split_codes`, at least ``MIN_SPLIT_VIEWS`` views with such a mask); after a split the rounds of step
+   3 run again, so the new code takes the rest of the part;
 5. sibling codes whose *together* evidence exceeds ``MERGE_RATIO`` times their *apart* evidence are merged
    (:func:`merge_siblings`; cluster sums, so two fragments of the head cannot drag the body along): a part that
    trained onto two codes, each present in the same masks and never in two masks of one view, becomes one.
