@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from segsplat_ns.methods.binary_gaussian.levels import smallest_masks
 from segsplat_ns.methods.binary_gaussian.relabel import (
     CodeEvidence,
     VoteTally,
@@ -11,7 +12,6 @@ from segsplat_ns.methods.binary_gaussian.relabel import (
     match_masks,
     merge_siblings,
     pixel_labels,
-    pixel_masks,
     render_chunks,
     split_codes,
     taken_masks,
@@ -22,15 +22,19 @@ def _t(values):
     return torch.tensor(values, dtype=torch.long)
 
 
-def test_pixel_masks_takes_the_smallest_mask_of_the_level_or_coarser():
+def test_smallest_masks_takes_the_smallest_mask_of_the_level_or_coarser():
     # 1 x 5 image: mask 0 (object, level 0) covers all; mask 1 (part, level 1) pixels 0-1; mask 2 (level 2) pixel 0
     masks = torch.tensor([[[1, 1, 1, 1, 0]], [[1, 1, 0, 0, 0]], [[1, 0, 0, 0, 0]]], dtype=torch.bool)
     scales = torch.tensor([0.9, 0.5, 0.1])
     levels = _t([0, 1, 2])
-    assert pixel_masks(masks, scales, levels, 0).tolist() == [0, 0, 0, 0, -1]
-    assert pixel_masks(masks, scales, levels, 1).tolist() == [1, 1, 0, 0, -1]
-    assert pixel_masks(masks, scales, levels, 2).tolist() == [2, 1, 0, 0, -1]
-    assert pixel_masks(masks[:0], scales[:0], levels[:0], 1).numel() == 0
+    flat = masks.flatten(1).T  # [P, M], as relabelling passes a view's masks
+    assert smallest_masks(flat, scales, levels, 0).tolist() == [0, 0, 0, 0, -1]
+    assert smallest_masks(flat, scales, levels, 1).tolist() == [1, 1, 0, 0, -1]
+    assert smallest_masks(flat, scales, levels, 2).tolist() == [2, 1, 0, 0, -1]
+    # pixels taken two at a time give the same map
+    assert smallest_masks(flat, scales, levels, 2, chunk=2).tolist() == [2, 1, 0, 0, -1]
+    # a view with no masks: every pixel unlabelled (one label per pixel, so the view's pixel codes still line up)
+    assert smallest_masks(masks[:0].flatten(1).T, scales[:0], levels[:0], 1).tolist() == [-1] * 5
 
 
 def test_match_masks_is_one_to_one_so_a_second_mask_takes_its_own_code():

@@ -77,6 +77,13 @@ def code_prefix(codes: Tensor, num_prefix_bits: int) -> Tensor:
     """Class label at a level: the top ``num_prefix_bits`` bits, ``code >> (32 - B_l)`` on the unsigned view."""
     return (codes.to(torch.int64) & 0xFFFFFFFF) >> (CODE_BITS - num_prefix_bits)
 
+
+def with_prefix(codes: Tensor, prefixes: Tensor, num_prefix_bits: int) -> Tensor:
+    """The inverse of :func:`code_prefix`: unsigned ``codes`` [...] with their top ``num_prefix_bits`` bits replaced
+    by ``prefixes`` [...] (broadcast), the finer bits kept; int64."""
+    shift = CODE_BITS - num_prefix_bits
+    return (prefixes.to(torch.int64) << shift) | (codes.to(torch.int64) & ((1 << shift) - 1))
+
 class PrefixTable:
     """The distinct stored prefixes of one level with their Gaussian counts, for :meth:`lookup`."""
 

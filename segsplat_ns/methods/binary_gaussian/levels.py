@@ -52,6 +52,7 @@ __all__ = [
     "mask_levels",
     "pixel_level_groups",
     "scale_bin",
+    "smallest_masks",
 ]
 
 
@@ -84,28 +85,42 @@ def mask_levels(
     return depth.clamp(max=num_levels - 1).long()
 
 
+def smallest_masks(membership: Tensor, mask_scales: Tensor, levels: Tensor, level: int, chunk: int = 1 << 15) -> Tensor:
+    """Each pixel's label at 0-based ``level``: the smallest mask (by scale, ties by index) of level <= ``level``
+    containing it, long [P], -1 where none does (step 2 of the module docstring).
+
+    ``membership`` bool [P, M] (pixel p inside mask i; a transposed view of [M, H*W] masks works), ``levels`` [M]
+    from :func:`mask_levels`. Pixels are taken ``chunk`` at a time, so a whole image never builds a [H*W, M]
+    integer table."""
+    p, m = membership.shape
+    device = membership.device
+    out = torch.full((p,), -1, dtype=torch.long, device=device)
+    if m == 0:
+        return out
+    # rank masks by scale so "smallest" is an argmin over integer ranks (ties broken by index)
+    rank = torch.empty(m, dtype=torch.long, device=device)
+    rank[torch.argsort(mask_scales.to(device, torch.float32).reshape(-1), stable=True)] = torch.arange(m, device=device)
+    allowed = (levels.to(device) <= level)[None, :]
+    big = torch.iinfo(torch.long).max
+    for start in range(0, p, chunk):
+        candidate = membership[start : start + chunk].bool() & allowed
+        keyed = torch.where(candidate, rank[None, :], torch.full_like(rank[None, :], big))
+        best = keyed.argmin(-1)
+        out[start : start + chunk] = torch.where(candidate.any(-1), best, torch.full_like(best, -1))
+    return out
+
+
 def pixel_level_groups(membership: Tensor, mask_scales: Tensor, levels: Tensor, num_levels: int) -> Tensor:
     """Hierarchical group id of each sampled pixel at each level: long [L, P], -1 for excluded pixels.
 
     ``membership`` bool [P, M] (pixel p inside mask i); ``levels`` [M] from :func:`mask_levels`. The label at
-    level l is the smallest mask (by scale, ties by index) of level <= l containing the pixel; the id at level
-    l encodes the ids of all coarser levels too.
+    level l is the smallest mask (by scale, ties by index) of level <= l containing the pixel
+    (:func:`smallest_masks`); the id at level l encodes the ids of all coarser levels too.
     """
     p, m = membership.shape
-    device = membership.device
     if m == 0:
-        return torch.full((num_levels, p), -1, dtype=torch.long, device=device)
-    order_key = mask_scales.to(device, torch.float32).reshape(-1)
-    # rank masks by scale so "smallest" is an argmin over integer ranks (ties broken by index)
-    rank = torch.empty(m, dtype=torch.long, device=device)
-    rank[torch.argsort(order_key, stable=True)] = torch.arange(m, device=device)
-    big = torch.iinfo(torch.long).max
-    labels = torch.full((num_levels, p), -1, dtype=torch.long, device=device)
-    for level in range(num_levels):
-        candidate = membership.bool() & (levels.to(device) <= level)[None, :]
-        keyed = torch.where(candidate, rank[None, :], torch.full_like(rank[None, :], big))
-        best = keyed.argmin(-1)
-        labels[level] = torch.where(candidate.any(-1), best, torch.full_like(best, -1))
+        return torch.full((num_levels, p), -1, dtype=torch.long, device=membership.device)
+    labels = torch.stack([smallest_masks(membership, mask_scales, levels, level) for level in range(num_levels)])
     return _hierarchical(labels, m)
 
 

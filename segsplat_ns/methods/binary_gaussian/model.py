@@ -56,6 +56,7 @@ from segsplat_ns.methods.binary_gaussian.codes import (
     stored_prefixes,
     to_int32,
     unpack_codes,
+    with_prefix,
 )
 from segsplat_ns.methods.binary_gaussian.levels import (
     SCALE_BINS,
@@ -66,6 +67,7 @@ from segsplat_ns.methods.binary_gaussian.levels import (
     mask_levels,
     pixel_level_groups,
     scale_bin,
+    smallest_masks,
 )
 from segsplat_ns.methods.binary_gaussian.loss import (
     PairDistance,
@@ -81,7 +83,6 @@ from segsplat_ns.methods.binary_gaussian.relabel import (
     match_masks,
     merge_siblings,
     pixel_labels,
-    pixel_masks,
     render_chunks,
     split_codes,
     taken_masks,
@@ -301,9 +302,7 @@ class BinaryGaussianModel(SegSplatModel):
             else:
                 progress.update((2 * rounds + 1) * num_views)
             counts = torch.bincount(inverse, minlength=prefixes.numel())
-            merged = merge_siblings(prefixes, counts, bits, parent_bits, evidence)
-            shift = CODE_BITS - bits
-            codes = (merged[inverse] << shift) | (codes & ((1 << shift) - 1))
+            codes = with_prefix(codes, merge_siblings(prefixes, counts, bits, parent_bits, evidence)[inverse], bits)
         progress.close()
         return codes
 
@@ -657,4 +656,5 @@ class _RelabelViews:
         return int(self.masks[index].shape[0])
 
     def groups(self, index: int, level: int) -> Tensor:
-        return pixel_masks(self.masks[index].bool().cpu(), self.mask_scales[index], self.levels[index], level)
+        masks = self.masks[index].bool().cpu()
+        return smallest_masks(masks.flatten(1).T, self.mask_scales[index], self.levels[index], level)

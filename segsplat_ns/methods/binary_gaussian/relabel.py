@@ -8,7 +8,7 @@ no longer flips the bits (docs/binary-gaussian.md, "Mask-consistent relabelling"
 which pixels belong together, so after training, level by level (coarse to fine, levels 2..L), we ask them again:
 
 1. per training view, the rendered level-l codes of each level-l mask's pixels (a pixel's mask is the smallest
-   mask of level <= l containing it, :func:`pixel_masks`, as in training) give an overlap table
+   mask of level <= l containing it, :func:`.levels.smallest_masks`, as in training) give an overlap table
    ``overlap[m, k]`` (pixels of mask m rendering code k); a one-to-one assignment (Hungarian, maximum overlap)
    gives each mask at most one code, accepted when the code covers at least ``ACCEPT`` of the mask
    (:func:`match_masks`). One-to-one is the point: in a view where pedestal and foot are two masks, the foot's
@@ -41,6 +41,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from segsplat_ns.methods.binary_gaussian.codes import with_prefix
+
 __all__ = [
     "ACCEPT",
     "MERGE_RATIO",
@@ -52,7 +54,6 @@ __all__ = [
     "match_masks",
     "merge_siblings",
     "pixel_labels",
-    "pixel_masks",
     "VoteTally",
     "render_chunks",
     "split_codes",
@@ -69,23 +70,6 @@ MIN_SPLIT_VIEWS = 2
 """A code splits only when at least this many views have a mask taken from it."""
 MERGE_RATIO = 3.0
 """Siblings merge when they are together in masks at least this many times as often as apart (pixel-weighted)."""
-
-
-def pixel_masks(masks: Tensor, rank_key: Tensor, levels: Tensor, level: int) -> Tensor:
-    """Each pixel's level-``level`` mask: the smallest (by ``rank_key``, ties by index) mask of level <= ``level``
-    containing it; long [H*W], -1 where none does. ``masks`` bool [M, H, W]; ``levels`` [M] (0-based).
-
-    Memory is one [H*W] map: masks are painted largest first, so the smallest is painted last."""
-    m = masks.shape[0]
-    out = torch.full((masks[0].numel() if m else 0,), -1, dtype=torch.long, device=masks.device)
-    if m == 0:
-        return out
-    order = torch.argsort(rank_key.to(torch.float64).reshape(-1).cpu(), stable=True).tolist()
-    flat = masks.reshape(m, -1)
-    for index in reversed(order):  # largest first; ties: the lower index (earlier in the stable order) last
-        if int(levels[index]) <= level:
-            out[flat[index].bool()] = index
-    return out
 
 
 @dataclass
@@ -209,9 +193,7 @@ class VoteTally:
         """(codes with each voted Gaussian's level prefix replaced, finer bits kept; number changed). Gaussians with
         no vote for a prefix of their own parent keep theirs."""
         change = (self.best_vote > 0) & (self.best != self.inverse)
-        shift = 32 - self.prefix_bits
-        low = self.codes & ((1 << shift) - 1)
-        new = torch.where(change, (self.prefixes[self.best] << shift) | low, self.codes)
+        new = torch.where(change, with_prefix(self.codes, self.prefixes[self.best], self.prefix_bits), self.codes)
         return new, int(change.sum())
 
 
@@ -236,7 +218,6 @@ def split_codes(codes: Tensor, prefixes: Tensor, inverse: Tensor, prefix_bits: i
     ``taken_views`` [K] (views with a mask taken from the code) reaches ``min_views``. Finer bits are kept.
     Returns (codes, number of codes split)."""
     width = prefix_bits - parent_bits
-    shift = 32 - prefix_bits
     moving = (split_weight > stay_weight) & (split_weight > 0) & (taken_views[inverse] >= min_views)
     if not bool(moving.any()):
         return codes, 0
@@ -255,7 +236,7 @@ def split_codes(codes: Tensor, prefixes: Tensor, inverse: Tensor, prefix_bits: i
             continue
         prefix = (parent << width) | field_
         used.add(prefix)
-        new_codes[members] = (prefix << shift) | (codes[members] & ((1 << shift) - 1))
+        new_codes[members] = with_prefix(codes[members], torch.tensor(prefix), prefix_bits)
         splits += 1
     return new_codes, splits
 
