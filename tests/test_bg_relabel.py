@@ -82,6 +82,23 @@ def test_pixel_labels_skip_a_mask_that_merges_codes_other_views_keep_apart():
     assert pixel_labels(groups, match, apart).tolist() == [-1] * 10 + [2] * 3
     # without that evidence the whole mask votes for its code (the 2 pole pixels included)
     assert pixel_labels(groups, match, torch.zeros(3, 3, dtype=torch.bool)).tolist() == [0] * 10 + [2] * 3
+    # the seed-1 pedestal: a large top mask (0) swallows the pedestal, whose code (1) is only 3 of its 43 pixels
+    # (7 %, under SHARE) but all of code 1's pixels in this view: still a merge, no votes
+    groups = _t([0] * 43 + [1] * 3)
+    codes = _t([0] * 40 + [1] * 3 + [2] * 3)
+    match = match_masks(groups, codes, 2, 3)
+    assert pixel_labels(groups, match, apart).tolist() == [-1] * 43 + [2] * 3
+    # the same 3 pixels when code 1 shows 9 more in mask 1 (labelled 2): mask 0 holds a quarter of code 1, not
+    # most of it: mask 0 votes
+    groups = _t([0] * 43 + [1] * 29)
+    codes = _t([0] * 40 + [1] * 3 + [1] * 9 + [2] * 20)
+    match = match_masks(groups, codes, 2, 3)
+    assert match.label.tolist() == [0, 2] and int(match.home[1]) == -1
+    assert pixel_labels(groups, match, apart).tolist() == [0] * 43 + [2] * 29
+    # a stray pixel of a code (1 of 60, under CONTAINED_FLOOR) never makes a merge
+    groups = _t([0] * 60)
+    match = match_masks(groups, _t([0] * 59 + [1]), 1, 3)
+    assert pixel_labels(groups, match, apart).tolist() == [0] * 60
     # pixels outside every mask never vote
     assert pixel_labels(_t([-1, 0]), match_masks(_t([-1, 0]), _t([0, 0]), 1, 1), torch.zeros(1, 1, dtype=torch.bool)).tolist() == [-1, 0]
 

@@ -18,10 +18,11 @@ which pixels belong together, so after training, level by level (coarse to fine,
    pixel count);
 3. each Gaussian takes the code of the masks it renders into, weighted by its blending weights (a
    vector-Jacobian product of the render, as the vote of :mod:`.vote`), among the codes of its own parent group
-   (:class:`VoteTally`). A mask that merges codes other views keep apart (a code with ``SHARE`` of it, labelling no
-   mask of this view, and more often apart from the mask's code than together with it) gives no votes
-   (:func:`pixel_labels`): SAM often merges small parts into their neighbour, and such a mask must not pull a
-   part into it. Repeated ``rounds`` times (a fix in one view changes the overlaps of the next);
+   (:class:`VoteTally`). A mask that merges codes other views keep apart (a code with ``SHARE`` of it, or most of
+   whose pixels in the view it holds, labelling no mask of this view, and more often apart from the mask's code
+   than together with it) gives no votes (:func:`pixel_labels`): SAM often merges small parts into their
+   neighbour, and such a mask must not pull a part into it. Repeated ``rounds`` times (a fix in one view changes
+   the overlaps of the next);
 4. a mask left without a code because a larger mask of its view took the code that covers it (the head of a
    snowman whose head and body trained onto one code: the body mask takes it) is evidence for a code of its own
    (:func:`taken_masks`): each Gaussian of that code weighs how much it renders into such masks against how much
@@ -45,6 +46,8 @@ from segsplat_ns.methods.binary_gaussian.codes import with_prefix
 
 __all__ = [
     "ACCEPT",
+    "CONTAINED",
+    "CONTAINED_FLOOR",
     "MERGE_RATIO",
     "MIN_SPLIT_VIEWS",
     "TAKEN_SHARE",
@@ -64,6 +67,10 @@ ACCEPT = 0.25
 """A mask takes a code when the code covers at least this fraction of the mask's rendered pixels."""
 SHARE = 0.1
 """A code counts as present in a mask when it covers at least this fraction of the mask."""
+CONTAINED = 0.5
+"""A code is also part of a mask's merge when the mask holds at least this fraction of the code's pixels in the view..."""
+CONTAINED_FLOOR = 0.02
+"""...and the code covers at least this fraction of the mask (a few stray pixels never make a merge)."""
 TAKEN_SHARE = 0.5
 """An unlabelled mask is "taken" when one code covers at least this fraction of it and labels another mask."""
 MIN_SPLIT_VIEWS = 2
@@ -148,12 +155,23 @@ class CodeEvidence:
         return self.apart > self.together
 
 
-def pixel_labels(groups: Tensor, match: MaskMatch, kept_apart: Tensor, share: float = SHARE) -> Tensor:
+def _merged_in(match: MaskMatch, share: float, contained: float, floor: float) -> Tensor:
+    """[M, K] bool: code k is part of mask m's merge: it covers ``share`` of the mask, or the mask holds at least
+    ``contained`` of the code's pixels in this view while the code covers at least ``floor`` of the mask (a small
+    part inside a large neighbour's mask: a pedestal is 7-9 % of the table top's mask that swallows it)."""
+    code_pixels = match.overlap.sum(0, keepdim=True).clamp_min(1.0)
+    size = match.size.clamp_min(1.0)[:, None]
+    held = (match.overlap > 0) & (match.overlap >= contained * code_pixels) & (match.overlap >= floor * size)
+    return _present(match, share) | held
+
+
+def pixel_labels(groups: Tensor, match: MaskMatch, kept_apart: Tensor, share: float = SHARE,
+                 contained: float = CONTAINED, floor: float = CONTAINED_FLOOR) -> Tensor:
     """The code each pixel votes for (step 3): its mask's label, -1 for pixels of unlabelled masks and of masks
-    that merge codes other views keep apart (a present code that labels no mask of this view and is
-    ``kept_apart`` from the mask's label). long [P]."""
+    that merge codes other views keep apart (a code in the merge, :func:`_merged_in`, that labels no mask of this
+    view and is ``kept_apart`` from the mask's label). long [P]."""
     label = match.label.clone()
-    present = _present(match, share)
+    present = _merged_in(match, share, contained, floor)
     unhoused = match.home < 0
     for mask in torch.nonzero(label >= 0).flatten().tolist():
         code = int(label[mask])
