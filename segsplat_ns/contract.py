@@ -19,6 +19,7 @@ Hooks, by who calls them:
 ``decomposition_options``  the clustering settings the paper fixes (share of Gaussians clustered), or none
 ``text_support``           class attribute: how the method answers text prompts ("" = it does not)
 ``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
+                           (and, for a method that decodes per pixel, a per-view relevancy map)
 ``inference_variants``     class attribute: named inference-time option sets the bench reports as ablation rows
 ``prompts_sam``            class attribute: whether the method places SAM's prompt points itself
 ``uses_mask_scales``       class attribute: whether training reads the masks' 3D scales (else they are not measured)
@@ -161,6 +162,9 @@ class TextScores:
     """The method's own 3D selection, bool [N]; None: the selection is ``relevancy`` thresholded."""
     facts: Dict[str, object] = field(default_factory=dict)
     """What the method wants to report (e.g. the votes), by name."""
+    view_relevancy: Optional[Callable[["Cameras"], torch.Tensor]] = None
+    """The prompt's relevancy seen from a camera, [H, W] in [0, 1], for a method that decodes per pixel (GAGS's
+    evaluation); the 2D mask is then LangSplat's mask of this map. None: ``relevancy`` rendered."""
 
 
 class MethodContract:

@@ -60,6 +60,7 @@ class TextSelection(Selection):
     phrase: str = ""
     method_selection: bool = True
     facts: Dict[str, object] = field(default_factory=dict)
+    view_relevancy: Optional[Callable[["Cameras"], torch.Tensor]] = None  # TextScores.view_relevancy
 
 
 @dataclass
@@ -276,19 +277,23 @@ class Segmenter:
             message = (f'nothing in this scene matches "{query.phrase}": no part of it is closer to the text than to '
                        '"object", "things", "stuff" and "texture"')
         return TextSelection(mask, relevancy, message, relevancy=relevancy, phrase=query.phrase,
-                             method_selection=method_selection, facts=dict(scores.facts))
+                             method_selection=method_selection, facts=dict(scores.facts),
+                             view_relevancy=scores.view_relevancy)
 
     @torch.no_grad()
     def relevancy_map(self, camera: "Cameras", selection: TextSelection) -> torch.Tensor:
         """The text prompt's relevancy seen from a camera: [H, W] in [0, 1] (0 on empty background)."""
         assert selection.relevancy is not None
+        if selection.view_relevancy is not None:  # the method decodes the view's rendered features per pixel
+            return selection.view_relevancy(camera.to(self.model.device)).clamp(0.0, 1.0)
         colors = selection.relevancy.float().reshape(-1, 1).to(self.model.device)
         rendered, _ = self.model.render_features(colors, camera.to(self.model.device))
         return rendered[..., 0].clamp(0.0, 1.0)
 
     def text_mask(self, camera: "Cameras", selection: TextSelection) -> torch.Tensor:
-        """The text prompt's 2D mask: the method's selection rendered, or LangSplat's mask of the relevancy map."""
-        if selection.method_selection:
+        """The text prompt's 2D mask: the method's selection rendered, or LangSplat's mask of the relevancy map (always
+        for a method that gives a per-view map)."""
+        if selection.method_selection and selection.view_relevancy is None:
             return self.render_mask(camera, selection.gaussian_mask)
         from segsplat_ns.language.relevancy import relevancy_mask
 

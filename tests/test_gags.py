@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from segsplat_ns.eval.metrics import iou
 from segsplat_ns.methods.gags import loss as L
 from segsplat_ns.methods.gags.decoder import FeatureDecoder, GranularityDecoder
 from segsplat_ns.methods.gags.prompts import minimum_visible_depth, patch_prompt_counts, sample_prompt_points
@@ -208,3 +209,46 @@ def test_bf16_text_relevancy_selects_exactly_as_fp32():
     # another threshold: relevancy > 0.6 <=> margin > logit(0.6) / 10
     _, selection6, _ = text_relevancy(features.bfloat16(), phrases, 0.6, lambda i: features[i])
     assert torch.equal(selection6, margin > math.log(0.6 / 0.4) / 10)
+
+
+@pytest.mark.slow
+def test_text_map_decodes_the_rendered_view_as_the_authors_evaluate(gags_pipeline, monkeypatch):
+    """text-map rendered (default): a prompt's 2D relevancy is the view's rendered f decoded per pixel (times the
+    rendered opacity), its 2D mask LangSplat's mask of that map, and the 3D selection is unchanged; text-map
+    gaussians renders each Gaussian's relevancy instead. Both answer "mushroom" on the tiny run."""
+    from segsplat_ns.language.context import language_context
+    from segsplat_ns.language.relevancy import relevancy, relevancy_mask
+    from segsplat_ns.segmenter import Segmenter
+
+    pipeline = gags_pipeline
+    pipeline.eval()
+    model = pipeline.model
+    segmenter = Segmenter(model)
+    segmenter.language = language_context(pipeline)
+    ground_truth = pipeline.datamanager.eval_ground_truth()
+    cameras = pipeline.datamanager.eval_dataset.cameras
+    views = [(v, targets["mushroom"][0]) for v, targets in enumerate(ground_truth.text["object"]) if "mushroom" in targets]
+    assert model.config.text_map == "rendered"
+    selection = segmenter.text("mushroom")
+    assert selection.view_relevancy is not None and not selection.empty
+    query = segmenter.language.encode("mushroom")
+    ious = {}
+    for view, truth in views:
+        camera = cameras[view : view + 1]
+        with torch.no_grad():
+            features, alpha = model.render_features(model.feature_colors(), camera)
+            expected = relevancy(model.feature_decoder(features.reshape(-1, features.shape[-1])), query.embedding,
+                                 query.canonical).reshape(alpha.shape[:2]) * alpha[..., 0]  # fmt: skip
+        got = segmenter.relevancy_map(camera, selection)
+        torch.testing.assert_close(got, expected.clamp(0, 1), atol=1e-5, rtol=0)
+        mask = segmenter.text_mask(camera, selection).cpu().numpy()
+        np.testing.assert_array_equal(mask, relevancy_mask(got.cpu().numpy()))
+        ious.setdefault("rendered", []).append(iou(mask, truth))
+    monkeypatch.setattr(model.config, "text_map", "gaussians")
+    per_gaussian = segmenter.text("mushroom")
+    assert per_gaussian.view_relevancy is None and torch.equal(per_gaussian.gaussian_mask, selection.gaussian_mask)
+    for view, truth in views:
+        camera = cameras[view : view + 1]
+        ious.setdefault("gaussians", []).append(iou(segmenter.text_mask(camera, per_gaussian).cpu().numpy(), truth))
+    print({k: np.round(v, 3) for k, v in ious.items()})
+    assert np.mean(ious["rendered"]) > 0.5 and np.mean(ious["gaussians"]) > 0.5

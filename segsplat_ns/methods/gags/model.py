@@ -67,6 +67,9 @@ class GagsModelConfig(SegSplatModelConfig):
     text_threshold: float = 0.5
     """Text prompts: Gaussians whose relevancy exceeds this are selected (0.5: closer to the prompt than to
     every canonical phrase)."""
+    text_map: Literal["rendered", "gaussians"] = "rendered"
+    """A text prompt's 2D relevancy: the view's rendered f decoded per pixel (authors' evaluation), or each
+    Gaussian's relevancy rendered."""
 
 
 class GagsModel(SegSplatModel):
@@ -74,6 +77,7 @@ class GagsModel(SegSplatModel):
     feature_key = "language_features"
     text_support = "relevancy of each Gaussian's decoded CLIP feature (GAGS)"
     prompts_sam = True
+    inference_variants = {"text: per-Gaussian relevancy": {"text_map": "gaussians"}}
     wording = Wording(nothing_selected="no Gaussian's decoded feature is within cosine {threshold:.2f} of the click: lower it")
 
     def populate_method_modules(self) -> None:
@@ -201,8 +205,26 @@ class GagsModel(SegSplatModel):
             relevancy, selection, refined = scoring.text_relevancy(
                 self.decoded_gaussian_features(), phrases, self.config.text_threshold, exact
             )
-        return TextScores(relevancy=relevancy, selection=selection,
+        view_relevancy = None
+        if self.config.text_map == "rendered":
+            def view_relevancy(camera) -> torch.Tensor:
+                return self.rendered_relevancy(camera, phrases)
+        return TextScores(relevancy=relevancy, selection=selection, view_relevancy=view_relevancy,
                           facts={"selected": int(selection.sum()), "recomputed in fp32": refined})  # fmt: skip
+
+    @torch.no_grad()
+    def rendered_relevancy(self, camera, phrases: torch.Tensor) -> torch.Tensor:
+        """The authors' text inference (``evaluate_iou_loc.py``): render f in ``camera``, decode each pixel, LERF
+        relevancy against ``phrases`` (the prompt, then the canonical phrases): [H, W]. Times the rendered
+        opacity: a pixel no Gaussian covers has no feature (the authors' captures are covered everywhere; the
+        synthetic scenes' backgrounds are empty, and the decoder's output for a zero feature is arbitrary)."""
+        from segsplat_ns.language.relevancy import relevancy as lerf_relevancy
+
+        rendered, alpha = self.render_features(self.feature_colors().detach(), camera)
+        H, W, C = rendered.shape
+        decoded = torch.cat([self.feature_decoder(chunk.float()) for chunk in torch.split(rendered.reshape(-1, C), 65536)])
+        scores = lerf_relevancy(decoded, phrases[0], phrases[1:]).reshape(H, W)
+        return scores * alpha[..., 0]
 
     @classmethod
     def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> LatencyProbe:
