@@ -20,6 +20,7 @@ Hooks, by who calls them:
 ``text_support``           class attribute: how the method answers text prompts ("" = it does not)
 ``text_scores``            a text query + the training views' language features -> per-Gaussian relevancy
                            (and, for a method that decodes per pixel, a per-view relevancy map)
+``pixel_granularity``       the language level a method decodes at each pixel of a view (text protocol's report)
 ``inference_variants``     class attribute: named inference-time option sets the bench reports as ablation rows
 ``prompts_sam``            class attribute: whether the method places SAM's prompt points itself
 ``uses_mask_scales``       class attribute: whether training reads the masks' 3D scales (else they are not measured)
@@ -220,6 +221,11 @@ class MethodContract:
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
         """Every Gaussian's relevancy to a text query (and the method's selection, if it makes one)."""
         raise NotSupported(f"{type(self).__name__} does not answer text prompts (its paper has no language mode)")
+
+    def pixel_granularity(self, camera: "Cameras") -> torch.Tensor:
+        """For a method that picks a language granularity per pixel: the level it decodes at each pixel of a view,
+        long [H, W] indexing the language cache's levels (0 subpart, 1 part, 2 whole; -1 where nothing renders)."""
+        raise NotSupported(f"{type(self).__name__} does not pick a granularity per pixel")
 
     # ---- training data -------------------------------------------------------------------------------
     def sam_prompt_points(self, cameras: "Cameras") -> List[Any]:

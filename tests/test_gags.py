@@ -252,3 +252,34 @@ def test_text_map_decodes_the_rendered_view_as_the_authors_evaluate(gags_pipelin
         ious.setdefault("gaussians", []).append(iou(segmenter.text_mask(camera, per_gaussian).cpu().numpy(), truth))
     print({k: np.round(v, 3) for k, v in ious.items()})
     assert np.mean(ious["rendered"]) > 0.5 and np.mean(ious["gaussians"]) > 0.5
+
+
+@pytest.mark.slow
+def test_text_protocol_reports_the_granularity_the_decoder_picks(gags_pipeline):
+    """pixel_granularity is the argmax of the decoded alpha where the view renders (-1 elsewhere); the text
+    protocol reports, per ground-truth level, the share of target pixels at each granularity and at the named one
+    (object: whole; part: subpart or part); saga has no such hook and reports none."""
+    from segsplat_ns.eval.text_protocol import NAMED_GRANULARITY, text_metrics
+    from segsplat_ns.language.context import language_context
+    from segsplat_ns.segmenter import Segmenter
+
+    pipeline = gags_pipeline
+    pipeline.eval()
+    model = pipeline.model
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    levels = model.pixel_granularity(camera)
+    with torch.no_grad():
+        features, alpha = model.render_features(model.feature_colors(), camera)
+        expected = model.granularity_decoder.logits(features.reshape(-1, features.shape[-1])).argmax(-1)
+    expected = torch.where(alpha.reshape(-1) >= 0.5, expected, -1).reshape(levels.shape)
+    assert torch.equal(levels, expected) and (levels >= 0).any() and (levels == -1).any()
+    segmenter = Segmenter(model)
+    segmenter.language = language_context(pipeline)
+    metrics, details = text_metrics(segmenter, pipeline.datamanager.eval_dataset.cameras,
+                                    pipeline.datamanager.eval_ground_truth())  # fmt: skip
+    for level in ("object", "part"):
+        shares = [metrics[f"text_{level}_granularity/{name}"] for name in ("subpart", "part", "whole")]
+        assert abs(sum(shares) - 1.0) < 1e-6, shares
+        named = np.mean([s[list(NAMED_GRANULARITY[level])].sum() for r in details[level] for s in r.view_granularity])
+        assert metrics[f"text_{level}_granularity"] == pytest.approx(named)
+    print({k: round(v, 3) for k, v in metrics.items() if "granularity" in k})

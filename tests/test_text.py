@@ -93,6 +93,7 @@ def test_ns_eval_reports_text_metrics(trained, workdir):
     print({k: round(v, 3) for k, v in results.items() if k.startswith("text_")})
     assert results["text_object_miou"] > 0.5 and results["text_object_localisation"] >= 0.75
     assert "text_part_miou" in results and "text_object_iou/table" in results
+    assert not any("granularity" in key for key in results)  # saga picks no granularity per pixel
 
 
 def test_segment_text_cli(trained, tmp_path):

@@ -45,6 +45,8 @@ COLUMNS = [
     ("text_object_localisation", "text object loc.", "{:.3f}"),
     ("text_part_miou", "text part mIoU", "{:.3f}"),
     ("text_part_localisation", "text part loc.", "{:.3f}"),
+    ("text_object_granularity", "text object granularity", "{:.2f}"),
+    ("text_part_granularity", "text part granularity", "{:.2f}"),
     ("rgb_stage_s", "RGB stage s", "{:.0f}"),
     ("feature_stage_s", "feature stage s", "{:.0f}"),
     ("feature_stage_run_s", "feature stage s in run", "{:.1f}"),

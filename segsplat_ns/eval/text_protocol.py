@@ -7,7 +7,11 @@ For each level with text ground truth ("object", "part") and each category annot
    with the ground-truth mask, and a localisation hit when the maximum of the box-filtered relevancy map lies
    in one of the category's boxes (:func:`segsplat_ns.language.relevancy.localisation_hit`);
 3. ``text_<level>_miou``: the mean IoU over (view, category) pairs, and ``text_<level>_localisation``: the
-   fraction of pairs hit, as LangSplat's ``evaluate_iou_loc.py`` averages them.
+   fraction of pairs hit, as LangSplat's ``evaluate_iou_loc.py`` averages them;
+4. for a method that picks a language granularity per pixel (``pixel_granularity``, GAGS's decoder):
+   ``text_<level>_granularity``, the mean over pairs of the share of the ground-truth mask's pixels decoded at
+   the granularity the level names (:data:`NAMED_GRANULARITY`), and ``text_<level>_granularity/<name>`` the
+   share at each granularity.
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ from typing import Dict, List, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from segsplat_ns.errors import NotSupported
 from segsplat_ns.eval.ground_truth import GroundTruth
 from segsplat_ns.eval.metrics import iou
 from segsplat_ns.segmenter import Segmenter
+
+GRANULARITY_NAMES: Tuple[str, ...] = ("subpart", "part", "whole")
+"""The language cache's levels (:data:`segsplat_ns.language.features.LEVELS`, s / m / l), as reported."""
+NAMED_GRANULARITY: Dict[str, Tuple[int, ...]] = {"object": (2,), "part": (0, 1)}
+"""The granularities a ground-truth level names: an object is a whole; a part is a subpart or a part (a nesting
+cache makes a part with no smaller mask inside it a subpart, as on the synthetic scenes)."""
 
 
 @dataclass
@@ -30,6 +41,8 @@ class TextResult:
     message: str = ""
     view_ious: List[float] = field(default_factory=list)
     view_hits: List[bool] = field(default_factory=list)
+    view_granularity: List[np.ndarray] = field(default_factory=list)
+    """Per view, the share of the mask's pixels decoded at each granularity [3] (methods with ``pixel_granularity``)."""
 
     @property
     def iou(self) -> float:
@@ -43,6 +56,7 @@ def text_protocol(segmenter: Segmenter, cameras, ground_truth: GroundTruth, leve
     views = ground_truth.text.get(level, [])
     categories = sorted({category for targets in views for category in targets})
     results = []
+    granularity: Dict[int, "np.ndarray | None"] = {}
     for category in tqdm(categories, desc=f"text: {level} prompts", unit="prompt", leave=False):
         selection = segmenter.text(category)
         result = TextResult(category, selection.count, selection.message or "")
@@ -55,8 +69,21 @@ def text_protocol(segmenter: Segmenter, cameras, ground_truth: GroundTruth, leve
             result.view_ious.append(iou(predicted, truth))
             relevancy = segmenter.relevancy_map(camera, selection).cpu().numpy()
             result.view_hits.append(localisation_hit(relevancy, boxes))
+            if view not in granularity:
+                granularity[view] = _pixel_granularity(segmenter, camera)
+            if granularity[view] is not None:
+                levels = granularity[view][np.asarray(truth, dtype=bool) & (granularity[view] >= 0)]
+                counts = np.bincount(levels, minlength=len(GRANULARITY_NAMES))[: len(GRANULARITY_NAMES)]
+                result.view_granularity.append(counts / max(int(counts.sum()), 1))
         results.append(result)
     return results
+
+
+def _pixel_granularity(segmenter: Segmenter, camera) -> "np.ndarray | None":
+    try:
+        return segmenter.model.pixel_granularity(camera.to(segmenter.model.device)).cpu().numpy()
+    except NotSupported:
+        return None
 
 
 def text_metrics(segmenter: Segmenter, cameras, ground_truth: GroundTruth) -> Tuple[Dict[str, float], Dict[str, List[TextResult]]]:
@@ -75,4 +102,10 @@ def text_metrics(segmenter: Segmenter, cameras, ground_truth: GroundTruth) -> Tu
         metrics[f"text_{level}_count"] = float(len(ious))
         for r in results:
             metrics[f"text_{level}_iou/{r.category}"] = r.iou
+        shares = [share for r in results for share in r.view_granularity]
+        if shares and level in NAMED_GRANULARITY:
+            mean = np.mean(shares, axis=0)
+            metrics[f"text_{level}_granularity"] = float(np.mean([s[list(NAMED_GRANULARITY[level])].sum() for s in shares]))
+            for index, name in enumerate(GRANULARITY_NAMES):
+                metrics[f"text_{level}_granularity/{name}"] = float(mean[index])
     return metrics, details

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -213,6 +213,20 @@ class GagsModel(SegSplatModel):
                           facts={"selected": int(selection.sum()), "recomputed in fp32": refined})  # fmt: skip
 
     @torch.no_grad()
+    def _decode_view(self, camera, decode) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Render f in ``camera`` and apply ``decode`` ([P, C] -> [P, ...]) to every pixel, 65,536 at a time:
+        (decoded [H, W, ...], rendered opacity [H, W])."""
+        rendered, alpha = self.render_features(self.feature_colors().detach(), camera)
+        H, W, C = rendered.shape
+        decoded = torch.cat([decode(chunk.float()) for chunk in torch.split(rendered.reshape(-1, C), 65536)])
+        return decoded.reshape(H, W, *decoded.shape[1:]), alpha[..., 0]
+
+    def pixel_granularity(self, camera) -> torch.Tensor:
+        """m_f of Eq. 5 at inference: the argmax of alpha = softmax(eta) decoded from the rendered f, [H, W] (0
+        subpart, 1 part, 2 whole; -1 where the rendered opacity is under 0.5)."""
+        levels, alpha = self._decode_view(camera, lambda f: self.granularity_decoder.logits(f).argmax(-1))
+        return torch.where(alpha >= 0.5, levels, torch.full_like(levels, -1))
+
     def rendered_relevancy(self, camera, phrases: torch.Tensor) -> torch.Tensor:
         """The authors' text inference (``evaluate_iou_loc.py``): render f in ``camera``, decode each pixel, LERF
         relevancy against ``phrases`` (the prompt, then the canonical phrases): [H, W]. Times the rendered
@@ -220,11 +234,8 @@ class GagsModel(SegSplatModel):
         synthetic scenes' backgrounds are empty, and the decoder's output for a zero feature is arbitrary)."""
         from segsplat_ns.language.relevancy import relevancy as lerf_relevancy
 
-        rendered, alpha = self.render_features(self.feature_colors().detach(), camera)
-        H, W, C = rendered.shape
-        decoded = torch.cat([self.feature_decoder(chunk.float()) for chunk in torch.split(rendered.reshape(-1, C), 65536)])
-        scores = lerf_relevancy(decoded, phrases[0], phrases[1:]).reshape(H, W)
-        return scores * alpha[..., 0]
+        scores, alpha = self._decode_view(camera, lambda f: lerf_relevancy(self.feature_decoder(f), phrases[0], phrases[1:]))
+        return scores * alpha
 
     @classmethod
     def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> LatencyProbe:
