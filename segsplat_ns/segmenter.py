@@ -290,15 +290,17 @@ class Segmenter:
         rendered, _ = self.model.render_features(colors, camera.to(self.model.device))
         return rendered[..., 0].clamp(0.0, 1.0)
 
-    def text_mask(self, camera: "Cameras", selection: TextSelection) -> torch.Tensor:
+    def text_mask(self, camera: "Cameras", selection: TextSelection, relevancy: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The text prompt's 2D mask: the method's selection rendered, or LangSplat's mask of the relevancy map (always
-        for a method that gives a per-view map)."""
+        for a method that gives a per-view map). ``relevancy``: this camera's :meth:`relevancy_map`, if the caller
+        has it already (a per-view map decodes every pixel)."""
         if selection.method_selection and selection.view_relevancy is None:
             return self.render_mask(camera, selection.gaussian_mask)
         from segsplat_ns.language.relevancy import relevancy_mask
 
-        relevancy = self.relevancy_map(camera, selection).cpu().numpy()
-        return torch.from_numpy(relevancy_mask(relevancy))
+        if relevancy is None:
+            relevancy = self.relevancy_map(camera, selection)
+        return torch.from_numpy(relevancy_mask(relevancy.cpu().numpy()))
 
     # ---- rendering a selection ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -116,14 +116,15 @@ class EvalBenchmark:
             if target.text not in answers:
                 answers[target.text] = segmenter.text(target.text)
             selection = answers[target.text]
-            predicted = segmenter.text_mask(camera, selection).cpu().numpy()
+            # the map once: the mask may come from it, and localisation reads it
+            relevancy = segmenter.relevancy_map(camera, selection) if target.boxes is not None else None
+            predicted = segmenter.text_mask(camera, selection, relevancy).cpu().numpy()
             truth = resize_mask(target.mask, predicted.shape)
             row = {"name": target.name, "image": target.image, "iou": iou(predicted, truth),
                    "accuracy": accuracy(predicted, truth), "boundary_iou": boundary_iou(predicted, truth)}
             if target.boxes is not None:
                 scale = np.array([predicted.shape[1] / target.mask.shape[1], predicted.shape[0] / target.mask.shape[0]] * 2)
-                relevancy = segmenter.relevancy_map(camera, selection).cpu().numpy()
-                row["localised"] = bool(localisation_hit(relevancy, np.asarray(target.boxes) * scale))
+                row["localised"] = bool(localisation_hit(relevancy.cpu().numpy(), np.asarray(target.boxes) * scale))
             per_target.append(row)
             print(f"{target.name:>24s}  {target.image:>24s}  IoU {row['iou']:.3f}"
                   + (f"  localised {row['localised']}" if "localised" in row else ""))

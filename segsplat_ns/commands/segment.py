@@ -224,7 +224,7 @@ def run_text_segment(args: Segment) -> int:
     if ground_truth is not None and ground_truth.text:
         from segsplat_ns.eval.metrics import iou
 
-        predicted = segmenter.text_mask(camera, selection).cpu().numpy()
+        predicted = segmenter.text_mask(camera, selection, relevancy).cpu().numpy()
         for level, views in ground_truth.text.items():
             if selection.phrase in views[args.camera]:
                 truth = views[args.camera][selection.phrase][0]

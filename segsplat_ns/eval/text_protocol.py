@@ -17,7 +17,7 @@ For each level with text ground truth ("object", "part") and each category annot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -49,14 +49,16 @@ class TextResult:
         return float(np.mean(self.view_ious)) if self.view_ious else 0.0
 
 
-def text_protocol(segmenter: Segmenter, cameras, ground_truth: GroundTruth, level: str) -> List[TextResult]:
-    """Run the text protocol for every category of ``level``."""
+def text_protocol(segmenter: Segmenter, cameras, ground_truth: GroundTruth, level: str,
+                  granularity: "Optional[Dict[int, Optional[np.ndarray]]]" = None) -> List[TextResult]:
+    """Run the text protocol for every category of ``level``. ``granularity``: each eval view's
+    ``pixel_granularity`` (None: not supported), filled as views are met; pass one dict for all levels."""
     from segsplat_ns.language.relevancy import localisation_hit
 
     views = ground_truth.text.get(level, [])
     categories = sorted({category for targets in views for category in targets})
     results = []
-    granularity: Dict[int, "np.ndarray | None"] = {}
+    granularity = {} if granularity is None else granularity
     for category in tqdm(categories, desc=f"text: {level} prompts", unit="prompt", leave=False):
         selection = segmenter.text(category)
         result = TextResult(category, selection.count, selection.message or "")
@@ -65,10 +67,10 @@ def text_protocol(segmenter: Segmenter, cameras, ground_truth: GroundTruth, leve
                 continue
             truth, boxes = targets[category]
             camera = cameras[view : view + 1]
-            predicted = segmenter.text_mask(camera, selection).cpu().numpy()
+            relevancy = segmenter.relevancy_map(camera, selection)
+            predicted = segmenter.text_mask(camera, selection, relevancy).cpu().numpy()
             result.view_ious.append(iou(predicted, truth))
-            relevancy = segmenter.relevancy_map(camera, selection).cpu().numpy()
-            result.view_hits.append(localisation_hit(relevancy, boxes))
+            result.view_hits.append(localisation_hit(relevancy.cpu().numpy(), boxes))
             if view not in granularity:
                 granularity[view] = _pixel_granularity(segmenter, camera)
             if granularity[view] is not None:
@@ -90,8 +92,9 @@ def text_metrics(segmenter: Segmenter, cameras, ground_truth: GroundTruth) -> Tu
     """``text_<level>_miou`` and ``text_<level>_localisation`` per level with text ground truth, per-category IoUs."""
     metrics: Dict[str, float] = {}
     details: Dict[str, List[TextResult]] = {}
+    granularity: Dict[int, Optional[np.ndarray]] = {}  # per eval view, shared by the levels
     for level in ground_truth.text:
-        results = text_protocol(segmenter, cameras, ground_truth, level)
+        results = text_protocol(segmenter, cameras, ground_truth, level, granularity)
         details[level] = results
         ious = [value for r in results for value in r.view_ious]
         hits = [value for r in results for value in r.view_hits]

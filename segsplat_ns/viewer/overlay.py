@@ -65,8 +65,7 @@ def add_outputs(
     """Add ``selection`` [H, W, 1] (how much of each pixel is selected Gaussians), ``affinity`` [H, W, 1] (the
     prompt's per-Gaussian scores, alpha-composited) and ``clusters`` [H, W, 3] to a render's outputs, and show the
     selection in ``rgb`` according to ``display``. While ``selection`` is a text prompt's, ``relevancy`` [H, W, 3]
-    is its relevancy map (``Segmenter.relevancy_map``: the per-Gaussian relevancy rendered, or the method's own
-    per-view map) in the turbo colormap. A selection or
+    is its per-Gaussian relevancy rendered (``Segmenter.relevancy_map``) in the turbo colormap. A selection or
     decomposition of another number of Gaussians (the scene changed since, e.g. densification during ns-train) is
     ignored."""
     if "rgb" not in outputs:
@@ -113,10 +112,7 @@ def add_outputs(
         background = rgb.new_ones(3)
     outputs["clusters"] = (rendered[..., 2:5] + (1.0 - alpha) * background).clamp(0.0, 1.0)
     if relevancy is not None:
-        view_relevancy = selection.view_relevancy if isinstance(selection, TextSelection) else None
-        # a method that decodes per pixel gives its own map (of the whole view: the crop box does not apply)
-        relevancy_map = rendered[..., 5:6] if view_relevancy is None else view_relevancy(camera)[..., None]
-        outputs["relevancy"] = relevancy_colors(relevancy_map)
+        outputs["relevancy"] = relevancy_colors(rendered[..., 5:6])
     if mask is not None:
         outputs["rgb"] = displayed_rgb(model, camera, crop_ids, rgb, weight, mask, display)
     return outputs
