@@ -143,6 +143,38 @@ def test_prototypes_eq17_18_19_by_hand():
     assert classify(torch.tensor([[0.1, 1.0], [1.0, 0.9], [1.0, -1.0]]), v).tolist() == [0, 1, 1]
 
 
+def test_bank_view_counts_and_the_entries_min_instance_views_keeps():
+    """The two-box bank above: entry 0 (box A) was joined by views 1 and 2, the others by one view each. With
+    min-instance-views 2 only A keeps a prototype (id 0); with 1 (the paper) every entry keeps its id."""
+    from segsplat_ns.methods.proto_saga.association import MemoryBank, kept_entries
+
+    bank = MemoryBank(entries=[torch.arange(3)] * 4, view_ids=[[0, 1], [0, 2], [3, 3]])
+    counts = bank.view_counts()
+    assert counts.tolist() == [2, 1, 1, 1]  # a view's two instances merged into one entry count once
+    assert kept_entries(counts, 2).tolist() == [0, -1, -1, -1]
+    assert kept_entries(counts, 1).tolist() == [0, 1, 2, 3]
+    assert kept_entries(torch.tensor([1, 3, 2, 1]), 2).tolist() == [-1, 0, 1, -1]
+
+
+def test_instance_votes_by_hand():
+    """A linear "renderer" of 4 pixels (2x2) and 4 Gaussians with fixed compositing weights W [pixel, Gaussian].
+    Two views; Gaussian 3 is seen only by an unlabelled pixel and keeps its fallback id."""
+    from segsplat_ns.methods.proto_saga.prototypes import instance_votes
+
+    w1 = torch.tensor([[0.6, 0.3, 0.0, 0.0], [0.0, 0.5, 0.4, 0.0], [0.0, 0.0, 0.9, 0.0], [0.0, 0.0, 0.0, 0.7]])
+    w2 = torch.tensor([[0.0, 0.8, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.1, 0.0]])
+    renders = [lambda c, w=w: (w @ c).reshape(2, 2, -1) for w in (w1, w2)]
+    labels = [torch.tensor([[0, 1], [1, -1]]), torch.tensor([[0, 1], [-1, 1]])]
+    # votes [Gaussian, instance]: G0 (0.6, 0.2); G1 (0.3 + 0.8, 0.5) -> 0; G2 (0, 0.4 + 0.9 + 0.1) -> 1; G3 none
+    fallback = torch.tensor([5, 5, 5, 7])
+    assert instance_votes(renders, labels, 4, 2, fallback).tolist() == [0, 0, 1, 7]
+    assert instance_votes(renders, labels, 4, 2, fallback, chunk=1).tolist() == [0, 0, 1, 7]
+    # a tie goes to the smaller id, inside one chunk and across chunks
+    tie = [lambda c: (torch.eye(4)[:, :1] @ c[:1] + torch.eye(4)[:, 1:2] @ c[:1]).reshape(2, 2, -1)]
+    for chunk in (1, 64):
+        assert instance_votes(tie, [torch.tensor([[1, 0], [-1, -1]])], 4, 2, fallback, chunk=chunk)[0] == 0
+
+
 # ---- the tiny ns-train proto-saga run ---------------------------------------------------------------------------
 
 
@@ -214,5 +246,41 @@ def test_instances_output_and_clicks_follow_eq19(proto_run):
     objects = pipeline.datamanager.eval_ground_truth().id_maps["object"][0]
     y, x = [int(v[len(v) // 2]) for v in (objects > 0).nonzero()]
     instance = int(classify(features[y, x][None], model.prototypes)[0])
-    selection = Segmenter(model).click(camera, [(x, y)], 0.5)
+    assert features.shape[-1] == 16  # the instance codes rendered beside the embedding are not a "feature"
+    model.config.gaussian_ids = "embedding"  # the paper: a click is Eq. 19 at its pixel
+    try:
+        selection = Segmenter(model).click(camera, [(x, y)], 0.5)
+    finally:
+        model.config.gaussian_ids = "votes"
     assert torch.equal(selection.gaussian_mask, model.instance_ids.long() == instance)
+
+
+@pytest.mark.slow
+def test_votes_make_a_click_select_the_instance_its_pixel_shows(proto_run):
+    """The segsplat preset (the tiny run's): every instance was joined by two views or more, each Gaussian's id is
+    the instance its training pixels take (recomputing the votes gives the stored ids), and a click selects the
+    instance the decomposition shows at the clicked pixel (the ids rendered one-hot, the largest weight)."""
+    from segsplat_ns.eval.protocol import render_labels
+    from segsplat_ns.methods.proto_saga.prototypes import classify
+    from segsplat_ns.segmenter import Segmenter
+
+    _, pipeline, _ = proto_run
+    model = pipeline.model
+    model.eval()
+    assert model.config.min_instance_views == 2 and model.config.gaussian_ids == "votes"
+    assert int(model.instance_views.min()) >= 2 and model.instance_views.shape[0] == model.prototypes.shape[0]
+    embeddings = model.gauss_params[model.feature_key].detach()
+    cameras = pipeline.datamanager.train_dataset.cameras
+    for k, masks in enumerate(pipeline.datamanager.load_train_masks()):
+        model.label_map(k, masks)
+    voted = model.vote_instances(cameras, embeddings, fallback=classify(embeddings, model.prototypes))
+    assert torch.equal(voted, model.instance_ids.long())
+    segmenter = Segmenter(model)
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    shown = render_labels(segmenter, camera, model.instance_ids.long())
+    objects = pipeline.datamanager.eval_ground_truth().id_maps["object"][0]
+    for target in [t for t in set(objects.flatten().tolist()) if t]:
+        ys, xs = (objects == target).nonzero()
+        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+        selection = segmenter.click(camera, [(x, y)], 0.5)
+        assert shown[y, x] >= 0 and torch.equal(selection.gaussian_mask, model.instance_ids.long() == int(shown[y, x]))

@@ -20,17 +20,9 @@ from typing import Callable, List, Tuple
 import torch
 from torch import Tensor
 
+from segsplat_ns.methods.common.composite import composite_weights
+
 __all__ = ["LevelEntries", "LevelWeights", "composite_weights", "index_map_weights"]
-
-
-def composite_weights(render: Callable[[Tensor], Tensor], num_gaussians: int, targets: Tensor) -> Tensor:
-    """``A [N, C]`` with ``A[i, c] = sum_p w_i(p) targets[p, c]``; ``render`` maps colours [N, C] to [H, W, C] and
-    must be linear in them (an alpha-composite with no background)."""
-    colours = torch.zeros(num_gaussians, targets.shape[-1], device=targets.device, requires_grad=True)
-    with torch.enable_grad():
-        out = render(colours)
-        (grad,) = torch.autograd.grad(out, colours, grad_outputs=targets.to(out.dtype), allow_unused=True)
-    return torch.zeros_like(colours) if grad is None else grad.detach()
 
 
 @dataclass

@@ -76,6 +76,14 @@ class MemoryBank:
     entries: List[torch.Tensor] = field(default_factory=list)
     view_ids: List[List[int]] = field(default_factory=list)
 
+    def view_counts(self) -> torch.Tensor:
+        """How many views' instances joined each entry (the view that created it included): long [E]."""
+        counts = torch.zeros(len(self.entries), dtype=torch.long)
+        for ids in self.view_ids:
+            if ids:
+                counts[torch.unique(torch.tensor(ids, dtype=torch.long))] += 1
+        return counts
+
     def labels(self, num_gaussians: int) -> torch.Tensor:
         """One id per Gaussian (the last entry holding it wins; -1: none) [N]."""
         out = torch.full((num_gaussians,), -1, dtype=torch.long)
@@ -128,3 +136,12 @@ def associate(views: Sequence[Sequence[torch.Tensor]], num_gaussians: int, delta
             ids.append(e)
         bank.view_ids.append(ids)
     return bank
+
+
+def kept_entries(view_counts: torch.Tensor, min_views: int) -> torch.Tensor:
+    """Each entry's new id when entries joined by fewer than ``min_views`` views are dropped (-1: dropped): long
+    [E]. ``min_views`` 1 keeps every entry (the paper). An entry one view alone created is a fragment that view's
+    masks held and no other view's did (the first view's extra masks, Eq. 11, or a jittered sliver later)."""
+    keep = view_counts >= min_views
+    return torch.where(keep, torch.cumsum(keep.long(), 0) - 1, torch.full_like(view_counts, -1))
+

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Sequence, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
 from segsplat_ns.contract import INSTANCES, Granularity, LatencyProbe, TrainingViews, Wording
-from segsplat_ns.methods.common import InferenceMemo
+from segsplat_ns.methods.common import InferenceMemo, decode, instance_codes
 from segsplat_ns.methods.proto_saga import association, labels, prototypes
 
 __all__ = ["ProtoSagaModel", "ProtoSagaModelConfig"]
@@ -56,6 +56,15 @@ class ProtoSagaModelConfig(SegSplatModelConfig):
     """delta_s of Eq. 15: fraction kept by classifier probability (paper: delta_s = delta_d)."""
     delta: float = 0.1
     """delta of Eq. 13: overlap score gamma above which an instance merges into a bank entry (paper, Gaga: 0.1)."""
+    min_instance_views: Optional[int] = None
+    """Bank entries joined by fewer views get no prototype (Eq. 17-18) (preset: paper 1 keeps all, segsplat 2)."""
+    gaussian_ids: Optional[Literal["embedding", "votes"]] = None
+    """A Gaussian's id: Eq. 19 on its own f_i, or the Eq. 19 instance its training pixels take (preset)."""
+
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {
+        "paper": {"min_instance_views": 1, "gaussian_ids": "embedding"},
+        "segsplat": {"min_instance_views": 2, "gaussian_ids": "votes"},
+    }
 
 
 class ProtoSagaModel(SegSplatModel):
@@ -83,6 +92,7 @@ class ProtoSagaModel(SegSplatModel):
         self.register_buffer("view_classes", torch.zeros(views, dtype=torch.long))  # L_k (0: not seen yet)
         self.register_buffer("prototypes", torch.zeros(0, self.config.feature_dim))
         self.register_buffer("instance_ids", torch.zeros(0, dtype=torch.int16))
+        self.register_buffer("instance_views", torch.zeros(0, dtype=torch.int16))  # views that joined each instance
         self._label_maps: Dict[int, Tensor] = {}
         self._memo = InferenceMemo()
 
@@ -91,7 +101,7 @@ class ProtoSagaModel(SegSplatModel):
 
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
         # the association's results have the checkpoint's sizes (instances, Gaussians)
-        for name in ("prototypes", "instance_ids"):
+        for name in ("prototypes", "instance_ids", "instance_views"):
             key = name if name in dict else next((k for k in dict if k.endswith("." + name)), None)
             if key is not None:
                 setattr(self, name, getattr(self, name).new_zeros(dict[key].shape))
@@ -162,21 +172,48 @@ class ProtoSagaModel(SegSplatModel):
 
     @torch.no_grad()
     def compute_prototypes(self, cameras: Cameras, bank: association.MemoryBank) -> None:
-        """Eq. 17-18 from each view's consistent mask R'_k, then Eq. 19 for every Gaussian's own embedding."""
+        """Eq. 17-18 from each view's consistent mask R'_k (over the entries ``min-instance-views`` keeps), then every
+        Gaussian's instance (``gaussian-ids``)."""
         embeddings = self.gauss_params[self.feature_key].detach()
-        count = len(bank.entries)
+        views = bank.view_counts()
+        new_id = association.kept_entries(views, self.config.min_instance_views).to(self.device)
+        count = int((new_id >= 0).sum())
+        if count < len(bank.entries):
+            CONSOLE.log(f"proto-saga: {len(bank.entries) - count} of {len(bank.entries)} instances dropped (joined by "
+                        f"fewer than {self.config.min_instance_views} views)")
         sums = []
         for k in tqdm(range(len(cameras)), desc="proto-saga: prototypes (Eq. 17-18)", unit="view", leave=False):
             if k not in self._label_maps:
                 continue
             rendered, _ = self.render_features(embeddings, cameras[k : k + 1].to(self.device))
-            consistent = prototypes.relabel_consistent(self._label_maps[k].to(self.device), bank.view_ids[k])
+            consistent = self._consistent_map(k, bank, new_id)
             sums.append(prototypes.view_prototype_sums(rendered.reshape(-1, rendered.shape[-1]), consistent.reshape(-1), count))
         self.prototypes = prototypes.ensemble_prototypes(sums).to(self.device) if count else self.prototypes[:0]
+        self.instance_views = views[(new_id >= 0).cpu()].to(torch.int16).to(self.device)
         ids = prototypes.classify(embeddings, self.prototypes) if count else torch.zeros(0, dtype=torch.long)
+        if count and self.config.gaussian_ids == "votes":
+            ids = self.vote_instances(cameras, embeddings, fallback=ids)
         dtype = torch.int16 if count <= torch.iinfo(torch.int16).max else torch.int32
         self.instance_ids = ids.to(dtype)
         self._memo.clear()
+
+    def _consistent_map(self, view: int, bank: association.MemoryBank, new_id: Tensor) -> Tensor:
+        """R'_k with the kept entries' ids (-1: no mask, or a dropped entry)."""
+        consistent = prototypes.relabel_consistent(self._label_maps[view].to(self.device), bank.view_ids[view])
+        return torch.where(consistent >= 0, new_id[consistent.clamp_min(0)], consistent)
+
+    @torch.no_grad()
+    def vote_instances(self, cameras: Cameras, embeddings: Tensor, fallback: Tensor) -> Tensor:
+        """``gaussian-ids votes``: each Gaussian takes the Eq. 19 instance of the training pixels it renders most
+        (pixels under half covered do not vote); one that no such pixel sees keeps ``fallback``."""
+        renders, labels = [], []
+        for k in tqdm(range(len(cameras)), desc="proto-saga: Gaussian ids (votes)", unit="view", leave=False):
+            camera = cameras[k : k + 1].to(self.device)
+            rendered, alpha = self.render_features(embeddings, camera)
+            label = prototypes.classify(rendered.reshape(-1, rendered.shape[-1]), self.prototypes).reshape(alpha.shape[:2])
+            labels.append(torch.where(alpha[..., 0] >= 0.5, label, torch.full_like(label, -1)))
+            renders.append(lambda colours, camera=camera: self.render_features(colours, camera)[0])
+        return prototypes.instance_votes(renders, labels, embeddings.shape[0], self.prototypes.shape[0], fallback)
 
     # ---- inference (the method contract) ----------------------------------------------------------------------
     @property
@@ -185,13 +222,40 @@ class ProtoSagaModel(SegSplatModel):
         return INSTANCES
 
     def _state(self) -> tuple:
-        ids = self.instance_ids
-        return (ids.data_ptr(), ids._version, ids.shape[0], self.prototypes.data_ptr(), self.prototypes._version)
+        ids, embeddings = self.instance_ids, self.gauss_params[self.feature_key]
+        return (ids.data_ptr(), ids._version, ids.shape[0], self.prototypes.data_ptr(), self.prototypes._version,
+                embeddings.data_ptr(), embeddings._version)  # fmt: skip
+
+    @property
+    def renders_instance_codes(self) -> bool:
+        """With ``gaussian-ids votes`` an inference render carries each Gaussian's instance code after its
+        embedding, so a click takes the instance its pixel shows (as the decomposition does), not Eq. 19's."""
+        return not self.training and self.has_features and self.config.gaussian_ids == "votes"
+
+    def instance_code_table(self) -> Tensor:
+        return self._memo.get(self._state(), "codes", lambda: instance_codes(self.prototypes.shape[0],
+                                                                              self.config.feature_dim).to(self.device))  # fmt: skip
+
+    def feature_colors(self) -> Tensor:
+        """The embeddings f_i, then (``renders_instance_codes``) each Gaussian's instance code: [N, D] or [N, 2D]."""
+        embeddings = self.gauss_params[self.feature_key]
+        if not self.renders_instance_codes:
+            return embeddings
+        return self._memo.get(self._state(), "colours", lambda: torch.cat(
+            [embeddings.detach(), self.instance_code_table()[self.instance_ids.long()]], -1))  # fmt: skip
+
+    def pixel_instances(self, rendered: Tensor) -> Tensor:
+        """The instance of each rendered pixel [K, D or 2D]: the decoded code where the render carries codes (-1:
+        background), else Eq. 19. A render made while training carries no codes, hence the width decides."""
+        dim = self.config.feature_dim
+        if rendered.shape[-1] > dim:
+            return decode(rendered[:, dim:], self.instance_code_table())
+        return prototypes.classify(rendered, self.prototypes)
 
     @torch.no_grad()
     def prompt_query(self, rendered: Tensor, scale: float) -> Tensor:
-        """Eq. 19 at the clicked pixels (their rendered embeddings [K, C]): their instance ids [K]."""
-        return prototypes.classify(rendered, self.prototypes)
+        """The clicked pixels' instances (Eq. 19, or the decoded votes: :meth:`pixel_instances`): ids [K]."""
+        return self.pixel_instances(rendered)
 
     @torch.no_grad()
     def gaussian_scores(self, queries: Tensor, scale: float, exact_near: Optional[float] = None) -> Tensor:
@@ -207,15 +271,18 @@ class ProtoSagaModel(SegSplatModel):
         return self._memo.get(self._state(), "labels", lambda: rank_by_size(self.instance_ids.long()))
 
     def segmentation_outputs(self, camera: Cameras, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
-        """The embedding map, and outside training ``instances``: each pixel coloured by its Eq. 19 instance."""
+        """The embedding map, and outside training ``instances``: each pixel coloured by its instance (Eq. 19, or the
+        decoded votes with ``gaussian-ids votes``)."""
         outputs = super().segmentation_outputs(camera, crop_ids)
         if not self.training and self.has_features:
             from segsplat_ns.viewer.overlay import segment_palette
 
-            features, alpha = outputs["features"], outputs["feature_alpha"]
-            ids = prototypes.classify(features.reshape(-1, features.shape[-1]), self.prototypes).reshape(features.shape[:2])
-            colours = segment_palette(self.prototypes.shape[0]).to(features.device)[ids]
-            outputs["instances"] = torch.where(alpha >= 0.5, colours, torch.zeros_like(colours))
+            rendered, alpha = outputs["features"], outputs["feature_alpha"]
+            outputs["features"] = rendered[..., : self.config.feature_dim]
+            ids = self.pixel_instances(rendered.reshape(-1, rendered.shape[-1])).reshape(rendered.shape[:2])
+            colours = segment_palette(self.prototypes.shape[0]).to(rendered.device)[ids.clamp_min(0)]
+            shown = (alpha >= 0.5) & (ids >= 0)[..., None]
+            outputs["instances"] = torch.where(shown, colours, torch.zeros_like(colours))
         return outputs
 
     # ---- tooling ----------------------------------------------------------------------------------------------

@@ -6,19 +6,22 @@
   where t is seen (1/K over all K views differs by a positive factor per t, which Eq. 19's cosine ignores);
 * :func:`classify` (Eq. 19): the argmax cosine to the prototypes (tau does not change an argmax), for rendered
   pixels and for the Gaussians' own embeddings alike;
-* :func:`relabel_consistent`: view k's label map with each instance replaced by its memory-bank id.
+* :func:`relabel_consistent`: view k's label map with each instance replaced by its memory-bank id;
+* :func:`instance_votes`: each Gaussian's instance as the one its rendered pixels take most (Eq. 19 per pixel
+  summed back through the compositing weights), the ``gaussian-ids votes`` option.
 
 Pure torch, no nerfstudio.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from segsplat_ns.contract import ClickProbe, LatencyProbe
+from segsplat_ns.methods.common.composite import composite_weights
 
 
 def relabel_consistent(label_map: torch.Tensor, bank_ids: Sequence[int]) -> torch.Tensor:
@@ -63,6 +66,31 @@ def classify(features: torch.Tensor, prototypes: torch.Tensor, chunk: int = 6553
         block = F.normalize(features[start : start + chunk].float(), dim=-1)
         out[start : start + chunk] = (block @ v.to(block.device).T).argmax(-1)
     return out
+
+
+def instance_votes(renders: Sequence[Callable[[torch.Tensor], torch.Tensor]], labels: Sequence[torch.Tensor],
+                   num_gaussians: int, num_instances: int, fallback: torch.Tensor, chunk: int = 64) -> torch.Tensor:  # fmt: skip
+    """Each Gaussian's instance by the pixels it renders: ``argmax_t sum_k sum_p w_i(p) [labels_k(p) = t]`` over
+    the views (``renders[k]`` is view k's linear render of per-Gaussian colours [N, C] -> [H, W, C], ``labels[k]``
+    its per-pixel instances long [H, W], -1: no vote). A Gaussian no labelled pixel sees keeps ``fallback`` [N].
+    Instances are summed ``chunk`` at a time (an N x chunk block; each view renders once per chunk); a tie goes
+    to the smaller id."""
+    best = torch.zeros(num_gaussians, device=fallback.device)
+    ids = fallback.clone().long()
+    for start in range(0, num_instances, chunk):
+        width = min(chunk, num_instances - start)
+        votes = torch.zeros(num_gaussians, width, device=fallback.device)
+        for render, label in zip(renders, labels):
+            inside = (label >= start) & (label < start + width)
+            targets = torch.zeros(*label.shape, width, device=label.device)
+            targets[inside, (label[inside] - start)] = 1.0
+            votes += composite_weights(render, num_gaussians, targets).to(votes.device)
+        index = votes.argmax(-1)  # the first maximum: the smaller id
+        value = votes.gather(1, index[:, None]).squeeze(1)
+        better = value > best
+        best = torch.where(better, value, best)
+        ids = torch.where(better, index + start, ids)
+    return ids
 
 
 def latency_probe(num: int, generator: torch.Generator, dim: int = 16, instances: int = 64) -> LatencyProbe:
