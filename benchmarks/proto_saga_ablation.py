@@ -5,7 +5,7 @@ Gaussian's instance - reads only the trained Gaussians, the per-view classifiers
 row here re-does that step on the same trained run with other settings and evaluates it as `ns-eval` does (click
 mIoU, Hungarian-matched decomposition mIoU / precision / recall on the eval views): the rows differ in nothing
 else. Rows: the association (Eq. 16, Eq. 10 alone as Gaga, Eq. 15 alone) under the paper preset, then the
-segsplat options alone and together.
+segsplat options alone and all together.
 
 Then the paper's Table 4 (inference schemes, each scored per pixel as the paper does: every eval view's rendered
 embedding classified, Hungarian-matched to the ground-truth objects), on the paper preset's association:
@@ -28,13 +28,15 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
+PAPER = {"association": "depth+semantic", "semantic_min_weight": 0.0, "min_instance_views": 1, "gaussian_ids": "embedding"}
 ROWS = [
-    ("paper (Eq. 16 association)", {"association": "depth+semantic", "min_instance_views": 1, "gaussian_ids": "embedding"}),
-    ("paper, Eq. 10 only (Gaga)", {"association": "depth", "min_instance_views": 1, "gaussian_ids": "embedding"}),
-    ("paper, Eq. 15 only", {"association": "semantic", "min_instance_views": 1, "gaussian_ids": "embedding"}),
-    ("+ min-instance-views 2", {"association": "depth+semantic", "min_instance_views": 2, "gaussian_ids": "embedding"}),
-    ("+ gaussian-ids votes", {"association": "depth+semantic", "min_instance_views": 1, "gaussian_ids": "votes"}),
-    ("segsplat (both)", {"association": "depth+semantic", "min_instance_views": 2, "gaussian_ids": "votes"}),
+    ("paper (Eq. 16 association)", PAPER),
+    ("paper, Eq. 10 only (Gaga)", {**PAPER, "association": "depth"}),
+    ("paper, Eq. 15 only", {**PAPER, "association": "semantic"}),
+    ("+ semantic-min-weight 0.05", {**PAPER, "semantic_min_weight": 0.05}),
+    ("+ min-instance-views 3", {**PAPER, "min_instance_views": 3}),
+    ("+ gaussian-ids votes", {**PAPER, "gaussian_ids": "votes"}),
+    ("segsplat (all three)", {**PAPER, "semantic_min_weight": 0.05, "min_instance_views": 3, "gaussian_ids": "votes"}),
 ]
 KEYS = [("seg_object_miou", "object click mIoU"), ("seg_part_miou", "part click mIoU"),
         ("decomp_object_miou", "decomp. object mIoU"), ("decomp_object_precision", "P"),
@@ -165,7 +167,8 @@ def ablate(config: Path, cls_steps: int) -> List[Dict[str, object]]:
                                         model.pixel_instances, model.feature_colors().detach())})
             print(f"[ablation] {config.parent.name} {name}: " + ", ".join(
                 f"{title} {rows[-1][key]:.3f}" for key, title in KEYS if key in rows[-1]), flush=True)
-        rows += [{"run": str(config), **row} for row in inference_schemes(model, data, cls_steps)]
+        if cls_steps > 0:
+            rows += [{"run": str(config), **row} for row in inference_schemes(model, data, cls_steps)]
     return rows
 
 
@@ -173,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", type=Path, help="config.yml of finished proto-saga runs")
     parser.add_argument("--output-json", type=Path, default=None, help="also write every row here")
-    parser.add_argument("--cls-steps", type=int, default=1500, help="training steps of Table 4's classifier (paper: 10K)")
+    parser.add_argument("--cls-steps", type=int, default=1500, help="training steps of Table 4's classifier (paper: 10K; 0: leave Table 4 out)")
     args = parser.parse_args()
     rows = [row for config in args.configs for row in ablate(config, args.cls_steps)]
     print("| run | row | " + " | ".join(title for _, title in KEYS) + " |")

@@ -32,6 +32,9 @@ def test_instance_sets_eq9_10_15_16_by_hand():
     probs[9], probs[7], probs[8] = 0.9, 0.8, 0.1
     assert semantic_set(g0, probs, 0.2).tolist() == [9, 7]
     assert proto_saga_set(g0, depths, probs, 0.5, 0.2).tolist() == [0, 1, 2, 3, 4, 7, 9]
+    # semantic-min-weight: Eq. 15 ranks only the Gaussians the view sees (here 0-8; 9 is occluded): 7 and 6
+    probs[6] = 0.5
+    assert proto_saga_set(g0, depths, probs, 0.5, 0.2, g0[:9]).tolist() == [0, 1, 2, 3, 4, 6, 7]
 
 
 def test_memory_bank_eq11_13_two_boxes():
@@ -257,7 +260,7 @@ def test_instances_output_and_clicks_follow_eq19(proto_run):
 
 @pytest.mark.slow
 def test_votes_make_a_click_select_the_instance_its_pixel_shows(proto_run):
-    """The segsplat preset (the tiny run's): every instance was joined by two views or more, each Gaussian's id is
+    """The segsplat preset (the tiny run's): every instance was joined by three views or more, each Gaussian's id is
     the instance its training pixels take (recomputing the votes gives the stored ids), and a click selects the
     instance the decomposition shows at the clicked pixel (the ids rendered one-hot, the largest weight)."""
     from segsplat_ns.eval.protocol import render_labels
@@ -267,8 +270,9 @@ def test_votes_make_a_click_select_the_instance_its_pixel_shows(proto_run):
     _, pipeline, _ = proto_run
     model = pipeline.model
     model.eval()
-    assert model.config.min_instance_views == 2 and model.config.gaussian_ids == "votes"
-    assert int(model.instance_views.min()) >= 2 and model.instance_views.shape[0] == model.prototypes.shape[0]
+    assert model.config.min_instance_views == 3 and model.config.gaussian_ids == "votes"
+    assert model.config.semantic_min_weight == 0.05
+    assert int(model.instance_views.min()) >= 3 and model.instance_views.shape[0] == model.prototypes.shape[0]
     embeddings = model.gauss_params[model.feature_key].detach()
     cameras = pipeline.datamanager.train_dataset.cameras
     for k, masks in enumerate(pipeline.datamanager.load_train_masks()):

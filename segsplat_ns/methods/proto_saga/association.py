@@ -63,9 +63,12 @@ def semantic_set(indices: torch.Tensor, probabilities: torch.Tensor, delta_s: fl
     return indices[order[: _keep(indices.numel(), delta_s)]]
 
 
-def proto_saga_set(indices, depths, probabilities, delta_d: float, delta_s: float) -> torch.Tensor:
-    """Eq. 16: front set ∪ semantic set, sorted indices."""
-    both = torch.cat([front_set(indices, depths, delta_d), semantic_set(indices, probabilities, delta_s)])
+def proto_saga_set(indices, depths, probabilities, delta_d: float, delta_s: float,
+                   semantic_indices: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """Eq. 16: front set ∪ semantic set, sorted indices. ``semantic_indices``: the candidates Eq. 15 ranks (default
+    ``indices``, the paper)."""
+    candidates = indices if semantic_indices is None else semantic_indices
+    both = torch.cat([front_set(indices, depths, delta_d), semantic_set(candidates, probabilities, delta_s)])
     return torch.unique(both)
 
 

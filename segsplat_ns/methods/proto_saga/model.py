@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from segsplat_ns.base_model import SegSplatModel, SegSplatModelConfig
 from segsplat_ns.contract import INSTANCES, Granularity, LatencyProbe, TrainingViews, Wording
-from segsplat_ns.methods.common import InferenceMemo, decode, instance_codes
+from segsplat_ns.methods.common import InferenceMemo, composite_weights, decode, instance_codes
 from segsplat_ns.methods.proto_saga import association, labels, prototypes
 
 __all__ = ["ProtoSagaModel", "ProtoSagaModelConfig"]
@@ -56,14 +56,16 @@ class ProtoSagaModelConfig(SegSplatModelConfig):
     """delta_s of Eq. 15: fraction kept by classifier probability (paper: delta_s = delta_d)."""
     delta: float = 0.1
     """delta of Eq. 13: overlap score gamma above which an instance merges into a bank entry (paper, Gaga: 0.1)."""
+    semantic_min_weight: Optional[float] = None
+    """Eq. 15 ranks only Gaussians with this much compositing weight in the view (preset: paper 0, segsplat 0.05)."""
     min_instance_views: Optional[int] = None
-    """Bank entries joined by fewer views get no prototype (Eq. 17-18) (preset: paper 1 keeps all, segsplat 2)."""
+    """Bank entries joined by fewer views get no prototype (Eq. 17-18) (preset: paper 1 keeps all, segsplat 3)."""
     gaussian_ids: Optional[Literal["embedding", "votes"]] = None
     """A Gaussian's id: Eq. 19 on its own f_i, or the Eq. 19 instance its training pixels take (preset)."""
 
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {
-        "paper": {"min_instance_views": 1, "gaussian_ids": "embedding"},
-        "segsplat": {"min_instance_views": 2, "gaussian_ids": "votes"},
+        "paper": {"semantic_min_weight": 0.0, "min_instance_views": 1, "gaussian_ids": "embedding"},
+        "segsplat": {"semantic_min_weight": 0.05, "min_instance_views": 3, "gaussian_ids": "votes"},
     }
 
 
@@ -151,18 +153,25 @@ class ProtoSagaModel(SegSplatModel):
             classes = int(self.view_classes[k])
             pixels, depth = self.project_centres(cameras[k : k + 1].to(self.device))
             owner = association.gaussian_labels(pixels, label_map)
-            probs = None
+            probs, seen = None, None
             if mode != "depth" and classes > 0:
                 probs = labels.gaussian_probabilities(embeddings, self.view_classifiers[k].detach(), classes, self.config.tau)
+                if self.config.semantic_min_weight > 0:  # an occluded Gaussian's f_i is not what view k's w_k saw
+                    camera = cameras[k : k + 1].to(self.device)
+                    ones = torch.ones(int(camera.height), int(camera.width), 1, device=self.device)
+                    weight = composite_weights(lambda c: self.render_features(c, camera)[0], num, ones)[:, 0]
+                    seen = weight >= self.config.semantic_min_weight
             sets = []
             for t in range(classes):
                 members = (owner == t).nonzero().squeeze(1)
+                ranked = members if seen is None else members[seen[members]]
                 if mode == "depth":
                     chosen = association.front_set(members, depth, self.config.delta_d)
                 elif mode == "semantic":
-                    chosen = association.semantic_set(members, probs[:, t], self.config.delta_s)
+                    chosen = association.semantic_set(ranked, probs[:, t], self.config.delta_s)
                 else:
-                    chosen = association.proto_saga_set(members, depth, probs[:, t], self.config.delta_d, self.config.delta_s)
+                    chosen = association.proto_saga_set(members, depth, probs[:, t], self.config.delta_d, self.config.delta_s,
+                                                        ranked)  # fmt: skip
                 sets.append(chosen.cpu())
             views.append(sets)
         bank = association.associate(views, num, self.config.delta)
