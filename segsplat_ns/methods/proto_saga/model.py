@@ -220,7 +220,8 @@ class ProtoSagaModel(SegSplatModel):
             camera = cameras[k : k + 1].to(self.device)
             rendered, alpha = self.render_features(embeddings, camera)
             label = prototypes.classify(rendered.reshape(-1, rendered.shape[-1]), self.prototypes).reshape(alpha.shape[:2])
-            labels.append(torch.where(alpha[..., 0] >= 0.5, label, torch.full_like(label, -1)))
+            label = torch.where(alpha[..., 0] >= 0.5, label, torch.full_like(label, -1))
+            labels.append(label.to(torch.int16 if self.prototypes.shape[0] < 2**15 else torch.int32))  # one map a view
             renders.append(lambda colours, camera=camera: self.render_features(colours, camera)[0])
         return prototypes.instance_votes(renders, labels, embeddings.shape[0], self.prototypes.shape[0], fallback)
 

@@ -81,6 +81,7 @@ def instance_votes(renders: Sequence[Callable[[torch.Tensor], torch.Tensor]], la
         width = min(chunk, num_instances - start)
         votes = torch.zeros(num_gaussians, width, device=fallback.device)
         for render, label in zip(renders, labels):
+            label = label.long()  # kept compact by the caller, widened one view at a time
             inside = (label >= start) & (label < start + width)
             targets = torch.zeros(*label.shape, width, device=label.device)
             targets[inside, (label[inside] - start)] = 1.0
