@@ -249,7 +249,10 @@ class SegSplatModel(CpuSplatfactoModel, MethodContract):
         outputs: Dict[str, Any] = {}
         feature_stage = self.in_feature_stage
         if not (self.training and feature_stage and self.freezes_geometry):
-            outputs.update(self.render_rgb(camera, crop_ids, final=feature_stage and self.freezes_geometry))
+            # outside training the trained state is rendered: every SH degree. A loaded run's step is only its
+            # feature start (0 for a joint method), at which the SH warm-up would render degree 0 alone
+            final = not self.training or (feature_stage and self.freezes_geometry)
+            outputs.update(self.render_rgb(camera, crop_ids, final=final))
         if (self.training and feature_stage) or (not self.training and self.has_features):
             outputs.update(self.segmentation_outputs(camera, crop_ids))
         if not self.training and self.viewer_hook is not None:
