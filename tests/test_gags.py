@@ -49,6 +49,18 @@ def test_present_alpha_is_a_softmax_over_the_levels_present():
     assert float(out[2].sum()) == pytest.approx(1.0) and float(out[2, 1]) == 0.0
 
 
+def test_level_distill_balances_each_levels_masks_then_averages_levels():
+    """decoded-levels every: subpart distances 1, 1, 3 over masks {0, 0, 1} -> (1 + 3) / 2 = 2; no part mask at all
+    (skipped); whole distances 2, 2, 2 over one mask -> 2; the mean over the two levels present is 2. The
+    distances are the per-level squared errors of each head against its own level's target."""
+    distances = torch.tensor([[1.0, 1.0, 3.0], [5.0, 5.0, 5.0], [2.0, 2.0, 2.0]])
+    index_maps = torch.tensor([[0, 0, 1], [-1, -1, -1], [2, 2, 2]])
+    assert float(L.level_distill(distances, index_maps)) == pytest.approx(2.0)
+    f_levels = torch.tensor([[F_S, F_P, F_W]])  # one pixel, each head exactly on one target
+    targets = torch.tensor([[F_S], [F_W], [F_W]])  # [3, 1, 2]
+    assert L.level_distances(f_levels, targets).tolist() == [[0.0], [1.0], [0.0]]
+
+
 def test_entropy_eq4_by_hand():
     alpha = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
     assert float(L.entropy(alpha)) == pytest.approx(math.log(2) / 2, abs=1e-5)
@@ -142,6 +154,9 @@ def test_decoders_shapes_and_ranges():
     torch.testing.assert_close(f_clip.norm(dim=-1), torch.ones(5, 7))
     torch.testing.assert_close(alpha.sum(-1), torch.ones(5, 7))
     assert (alpha > 0).all()
+    levels = FeatureDecoder(16, 512, heads=3)(features)  # decoded-levels every: a unit feature per granularity
+    assert levels.shape == (5, 7, 3, 512)
+    torch.testing.assert_close(levels.norm(dim=-1), torch.ones(5, 7, 3))
 
 
 # ---- Eq. 1 on a trained run, through the pipeline -------------------------------------------------------------
@@ -283,3 +298,54 @@ def test_text_protocol_reports_the_granularity_the_decoder_picks(gags_pipeline):
         named = np.mean([s[list(NAMED_GRANULARITY[level])].sum() for r in details[level] for s in r.view_granularity])
         assert metrics[f"text_{level}_granularity"] == pytest.approx(named)
     print({k: round(v, 3) for k, v in metrics.items() if "granularity" in k})
+
+
+@pytest.mark.slow
+def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipeline, monkeypatch):
+    """decoded-levels every (a three-head decoder swapped into the tiny run): a text prompt is answered at the level
+    whose best per-Gaussian relevancy is highest (LangSplat's rule) with that level's relevancy; a click meets every
+    Gaussian's feature at the level alpha picks at the clicked pixel; the training loss reaches all three heads."""
+    from segsplat_ns.contract import TextQuery
+    from segsplat_ns.language.context import language_context
+    from segsplat_ns.language.relevancy import relevancy
+    from segsplat_ns.methods.gags.loss import LEVEL_NAMES
+
+    pipeline = gags_pipeline
+    model = pipeline.model
+    torch.manual_seed(0)
+    monkeypatch.setattr(model.config, "decoded_levels", "every")
+    monkeypatch.setattr(model, "feature_decoder", FeatureDecoder(16, 512, heads=3))
+    monkeypatch.setattr(model, "_decoded", None)
+    pipeline.eval()
+    language = language_context(pipeline)
+    query = language.encode("mushroom")
+    scores = model.text_scores(TextQuery("mushroom", query.embedding, query.canonical), None)
+    features = model.gauss_params[model.feature_key].detach()
+    with torch.no_grad():
+        expected = relevancy(model.feature_decoder(features), query.embedding, query.canonical)  # [N, 3]
+    best = int(expected.amax(0).argmax())
+    assert scores.facts["level"] == LEVEL_NAMES[best]
+    torch.testing.assert_close(scores.relevancy, expected[:, best], atol=0.02, rtol=0)  # bfloat16 products
+    torch.testing.assert_close(scores.selection, expected[:, best] > model.config.text_threshold)
+    rendered = features[:2]  # two "clicked pixels"
+    with torch.no_grad():
+        got = model.gaussian_scores(model.prompt_query(rendered, 0.0), 0.0)
+        level = model.granularity_decoder.logits(rendered).argmax(-1)
+        decoded = model.feature_decoder(features)
+        want = torch.stack([decoded[:, int(level[k])] @ decoded[k, int(level[k])] for k in range(2)], -1).amax(-1)
+    torch.testing.assert_close(got, want, atol=0.02, rtol=0)
+    pipeline.prepare_feature_stage()
+    camera, batch = pipeline.datamanager.next_train(0)
+    model.train()
+    try:
+        features_map, _ = model.render_features(model.feature_colors(), camera)
+        losses = model.feature_loss_dict({"features": features_map}, batch)
+        assert set(losses) >= {"gags_distill", "gags_levels", "gags_entropy"}
+        sum(losses.values()).backward()
+        grad = model.feature_decoder.out.weight.grad.reshape(3, 512, -1)
+        present = [bool((np.asarray(maps) >= 0).any()) for maps in batch["language"].index_maps]
+        assert any(present)
+        assert [float(grad[n].abs().sum()) > 0 for n in range(3)] == present  # each head: its own level only
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()

@@ -209,11 +209,15 @@ def test_run_stores_one_int16_instance_per_gaussian(proto_run):
 
 
 @pytest.mark.slow
-def test_cross_entropy_reaches_the_geometry_in_joint_training(proto_run):
-    """Eq. 8 trains everything jointly: the CE of a training view's rendered embeddings has gradients on the means,
-    opacities and scales (a two-stage method's feature loss has none)."""
+@pytest.mark.parametrize("ce_geometry", [True, False])
+def test_cross_entropy_reaches_the_geometry_in_joint_training(proto_run, monkeypatch, ce_geometry):
+    """Eq. 8 trains everything jointly (the paper preset's ce-geometry): the CE of a training view's rendered
+    embeddings has gradients on the means, opacities and scales. With ce-geometry False (the segsplat preset, the
+    tiny run's) it reaches the embeddings and the view's classifier only."""
     _, pipeline, _ = proto_run
     model = pipeline.model
+    assert model.config.ce_geometry is False  # the segsplat preset
+    monkeypatch.setattr(model.config, "ce_geometry", ce_geometry)
     pipeline.prepare_feature_stage()
     camera, batch = pipeline.datamanager.next_train(0)
     model.train()
@@ -222,8 +226,11 @@ def test_cross_entropy_reaches_the_geometry_in_joint_training(proto_run):
         loss = model.feature_loss_dict({"features": features}, batch)["proto_saga_ce"]
         assert float(loss) > 0
         loss.backward()
-        for key in ("means", "opacities", "scales", "instance_embeddings"):
-            assert float(model.gauss_params[key].grad.abs().sum()) > 0, key
+        assert float(model.gauss_params["instance_embeddings"].grad.abs().sum()) > 0
+        for key in ("means", "opacities", "scales"):
+            grad = model.gauss_params[key].grad
+            reached = grad is not None and float(grad.abs().sum()) > 0
+            assert reached == ce_geometry, key
         view = int(batch["image_idx"])
         assert model.view_classifiers[view].grad is not None
         assert all(p.grad is None for i, p in enumerate(model.view_classifiers) if i != view)

@@ -20,13 +20,15 @@ from torch import nn
 
 
 class FeatureDecoder(nn.Module):
-    """f_clip = D(f): [..., C] -> unit [..., out_dim] (the authors' residual 8 x 256 layout)."""
+    """f_clip = D(f): [..., C] -> unit [..., out_dim] (the authors' residual 8 x 256 layout). ``heads`` > 1: one
+    output layer per granularity on the shared trunk, unit [..., heads, out_dim] (``decoded-levels every``)."""
 
-    def __init__(self, in_dim: int, out_dim: int, width: int = 256) -> None:
+    def __init__(self, in_dim: int, out_dim: int, width: int = 256, heads: int = 1) -> None:
         super().__init__()
+        self.heads = heads
         self.inp = nn.Linear(in_dim, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(7))
-        self.out = nn.Linear(width, out_dim)
+        self.out = nn.Linear(width, out_dim * heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.hidden
@@ -35,7 +37,10 @@ class FeatureDecoder(nn.Module):
         x3 = F.relu(h[2](x1 + x2))
         x4 = F.relu(h[4](F.relu(h[3](x3))))
         x5 = F.relu(h[6](F.relu(h[5](x3 + x4))))
-        return F.normalize(self.out(x5), dim=-1)
+        out = self.out(x5)
+        if self.heads > 1:
+            out = out.reshape(*out.shape[:-1], self.heads, -1)
+        return F.normalize(out, dim=-1)
 
 
 class GranularityDecoder(nn.Module):

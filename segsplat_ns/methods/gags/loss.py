@@ -8,6 +8,8 @@ granularity levels in the order subpart / part / whole (the language cache's ``s
 * :func:`present_alpha`: alpha as a softmax over the levels a pixel has a mask at (where a level is missing);
 * :func:`distill_map` (Eq. 3, the paper): ``sum_n alpha_n ||f_clip - f_n||^2`` per pixel; :func:`distill_map_code`
   (the authors' code): the L1 distance to the alpha-weighted target ``sum_n alpha_n f_n``, averaged over channels.
+* :func:`level_distill` (``decoded-levels every``, not the paper): one decoded feature per level, each distilled
+  towards its own level's target, Eq. 5-balanced over that level's masks, averaged over the levels present.
 * :func:`entropy` (Eq. 4): ``-sum_n alpha_n log alpha_n``, averaged over pixels.
 * :func:`region_map`: m_f, each pixel's mask at its argmax level (after the authors' 5x5 mean smoothing of alpha).
 * :func:`region_average` (Eq. 5): the loss averaged per region, then over regions (beta_r's balancing: every
@@ -59,6 +61,20 @@ def distill_map_code(f_clip: torch.Tensor, targets: torch.Tensor, alpha: torch.T
     """The authors' ``read_sam_clip_feature`` + ``l1_loss_map``: ``mean_d |f_clip - sum_n alpha_n f_n|`` per pixel."""
     target = (alpha.T[..., None] * targets).sum(0)  # [P, D]
     return (f_clip - target).abs().mean(-1)
+
+
+def level_distances(f_levels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``||f_clip^(n) - f_n||^2`` per level and pixel [3, P]: f_levels [P, 3, D] (one decoded feature per level),
+    targets [3, P, D]."""
+    return (f_levels.transpose(0, 1) - targets).square().sum(-1)
+
+
+def level_distill(distances: torch.Tensor, index_maps: torch.Tensor) -> torch.Tensor:
+    """``decoded-levels every``: each level's distances [3, P] averaged per mask of that level (Eq. 5's balancing,
+    ``index_maps`` [3, P], -1 where a pixel has no mask at the level), then over the levels with any mask."""
+    per_level = [region_average(distances[n], index_maps[n]) for n in range(distances.shape[0])
+                 if bool((index_maps[n] >= 0).any())]  # fmt: skip
+    return torch.stack(per_level).mean() if per_level else distances.sum() * 0.0
 
 
 def entropy(alpha: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -70,6 +70,8 @@ class GagsModelConfig(SegSplatModelConfig):
     text_map: Literal["rendered", "gaussians"] = "rendered"
     """A text prompt's 2D relevancy: the view's rendered f decoded per pixel (authors' evaluation), or each
     Gaussian's relevancy rendered."""
+    decoded_levels: Literal["alpha", "every"] = "alpha"
+    """f_clip: one decoded feature at alpha's level (paper), or one per level, a prompt answered at its best level."""
 
 
 class GagsModel(SegSplatModel):
@@ -81,10 +83,16 @@ class GagsModel(SegSplatModel):
     wording = Wording(nothing_selected="no Gaussian's decoded feature is within cosine {threshold:.2f} of the click: lower it")
 
     def populate_method_modules(self) -> None:
-        self.feature_decoder = FeatureDecoder(self.config.feature_dim, self.config.clip_dim)
+        heads = gags_loss.NUM_LEVELS if self.every_level else 1
+        self.feature_decoder = FeatureDecoder(self.config.feature_dim, self.config.clip_dim, heads=heads)
         self.granularity_decoder = GranularityDecoder(self.config.feature_dim)
         self._decoded: Optional[torch.Tensor] = None
         self._decoded_key: Optional[tuple] = None
+
+    @property
+    def every_level(self) -> bool:
+        """``decoded-levels every``: the decoder gives one feature per granularity (docs/gags.md)."""
+        return self.config.decoded_levels == "every"
 
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
@@ -117,16 +125,26 @@ class GagsModel(SegSplatModel):
         # alpha over the levels a pixel has a mask at (docs/gags.md: the authors drop pixels missing any level)
         present = gags_loss.present_alpha(eta, valid)
         regions = gags_loss.region_map(index_maps, present, H, W, smooth=self.config.region_smooth)
-        distill = (gags_loss.distill_map if self.config.distill_form == "paper" else gags_loss.distill_map_code)(
-            f_clip, targets, present
-        )
+        if self.every_level:
+            # each head learns its own level; alpha still learns Eq. 3's choice, from the heads' distances
+            distances = gags_loss.level_distances(f_clip, targets)
+            distill = (present.T * distances.detach()).sum(0)
+        else:
+            distill = (gags_loss.distill_map if self.config.distill_form == "paper" else gags_loss.distill_map_code)(
+                f_clip, targets, present
+            )
         # a pixel without a mask at any level has region -1 (every index map is -1 there): not supervised
         losses = {"gags_distill": gags_loss.region_average(distill, regions)}
+        if self.every_level:
+            losses["gags_levels"] = gags_loss.level_distill(distances, index_maps)
         late = self.step - self.feature_start_step >= self.config.consistency_start
         entropy_weight = self.config.late_entropy_weight if late else self.config.entropy_weight
         losses["gags_entropy"] = entropy_weight * gags_loss.entropy(alpha)
         if late and self.config.consistency_weight > 0:
-            if self.config.consistency_form == "paper":
+            if self.config.consistency_form == "paper" and self.every_level:  # each head over its level's masks
+                cons = torch.stack([gags_loss.consistency(f_clip[:, n], index_maps[n])
+                                    for n in range(gags_loss.NUM_LEVELS)]).mean()  # fmt: skip
+            elif self.config.consistency_form == "paper":
                 cons = gags_loss.consistency(f_clip, regions)
             else:
                 cons = gags_loss.consistency_code(f, regions)
@@ -167,28 +185,40 @@ class GagsModel(SegSplatModel):
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
     def decoded_gaussian_features(self) -> torch.Tensor:
-        """Every Gaussian's decoded, unit CLIP feature [N, D] in bfloat16 (:mod:`.scoring`), cached until the
-        features change."""
+        """Every Gaussian's decoded, unit CLIP feature [N, D] ([N, 3, D] with ``decoded-levels every``) in bfloat16
+        (:mod:`.scoring`), cached until the features change."""
         features = self.gauss_params[self.feature_key]
         key = (features.data_ptr(), features.shape[0], features._version, self.step)
         if self._decoded is None or self._decoded_key != key:
             chunks = [self.feature_decoder(chunk.float()).bfloat16() for chunk in torch.split(features.detach(), 65536)]
-            self._decoded = torch.cat(chunks) if chunks else features.new_zeros(0, self.config.clip_dim).bfloat16()
+            empty = features.new_zeros(0, *((gags_loss.NUM_LEVELS,) if self.every_level else ()), self.config.clip_dim)
+            self._decoded = torch.cat(chunks) if chunks else empty.bfloat16()
             self._decoded_key = key
         return self._decoded
 
     def prompt_query(self, rendered: torch.Tensor, scale: float) -> torch.Tensor:
         """The decoded feature at each clicked pixel [K, D] (the scale is not used: the decoder picks the
-        granularity of what it renders)."""
-        return self.feature_decoder(rendered.float())
+        granularity of what it renders). ``decoded-levels every``: the feature of alpha's level there, placed in
+        that level's block of a [K, 3 D] query (the other blocks zero), so it meets every Gaussian's same level."""
+        decoded = self.feature_decoder(rendered.float())
+        if not self.every_level:
+            return decoded
+        picked = F.one_hot(self.granularity_decoder.logits(rendered.float()).argmax(-1), gags_loss.NUM_LEVELS)
+        return (decoded * picked[..., None]).flatten(-2)
 
     def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
         decoded = self.decoded_gaussian_features().float()
-        return (decoded @ queries.float().T).amax(-1)
+        return (decoded.flatten(1) @ queries.float().T).amax(-1)
 
     def decomposition_features(self, scale: float) -> torch.Tensor:
-        """The decoded CLIP features (the paper has no decomposition; clustering them groups what CLIP names alike)."""
-        return self.decoded_gaussian_features().float()
+        """The decoded CLIP features (the paper has no decomposition; clustering them groups what CLIP names alike);
+        ``decoded-levels every``: each Gaussian's at the level its alpha picks."""
+        decoded = self.decoded_gaussian_features().float()
+        if not self.every_level:
+            return decoded
+        with torch.no_grad():
+            level = self.granularity_decoder.logits(self.gauss_params[self.feature_key].detach()).argmax(-1)
+        return decoded[torch.arange(decoded.shape[0], device=decoded.device), level]
 
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
         """LERF relevancy of every Gaussian's decoded feature (:func:`.scoring.text_relevancy`, bfloat16 with exact
@@ -196,21 +226,29 @@ class GagsModel(SegSplatModel):
         if not self.has_features:
             raise PromptError("this gags run has no trained language features yet: finish the feature stage first")
         features = self.gauss_params[self.feature_key].detach()
-
-        def exact(indices: torch.Tensor) -> torch.Tensor:
-            return self.feature_decoder(features[indices].float())
-
         phrases = torch.cat([query.embedding[None].float(), query.canonical.float()])
-        with torch.no_grad():
-            relevancy, selection, refined = scoring.text_relevancy(
-                self.decoded_gaussian_features(), phrases, self.config.text_threshold, exact
-            )
+        decoded = self.decoded_gaussian_features()
+        levels = [None] if not self.every_level else list(range(gags_loss.NUM_LEVELS))
+        answers = []
+        for level in levels:  # with one head per level, LangSplat's rule: the level whose best relevancy is highest
+
+            def exact(indices: torch.Tensor, level=level) -> torch.Tensor:
+                out = self.feature_decoder(features[indices].float())
+                return out if level is None else out[:, level]
+
+            with torch.no_grad():
+                answers.append(scoring.text_relevancy(decoded if level is None else decoded[:, level], phrases,
+                                                      self.config.text_threshold, exact))  # fmt: skip
+        best = max(range(len(answers)), key=lambda i: float(answers[i][0].max()) if answers[i][0].numel() else 0.0)
+        relevancy, selection, refined = answers[best]
+        facts: Dict[str, Any] = {"selected": int(selection.sum()), "recomputed in fp32": refined}
+        if self.every_level:
+            facts["level"] = gags_loss.LEVEL_NAMES[best]
         view_relevancy = None
         if self.config.text_map == "rendered":
             def view_relevancy(camera) -> torch.Tensor:
                 return self.rendered_relevancy(camera, phrases)
-        return TextScores(relevancy=relevancy, selection=selection, view_relevancy=view_relevancy,
-                          facts={"selected": int(selection.sum()), "recomputed in fp32": refined})  # fmt: skip
+        return TextScores(relevancy=relevancy, selection=selection, view_relevancy=view_relevancy, facts=facts)
 
     @torch.no_grad()
     def _decode_view(self, camera, decode) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -235,6 +273,8 @@ class GagsModel(SegSplatModel):
         from segsplat_ns.language.relevancy import relevancy as lerf_relevancy
 
         scores, alpha = self._decode_view(camera, lambda f: lerf_relevancy(self.feature_decoder(f), phrases[0], phrases[1:]))
+        if self.every_level:  # [H, W, 3]: the view's map at the level with the highest relevancy (LangSplat's rule)
+            scores = scores[..., int((scores * alpha[..., None]).flatten(0, 1).amax(0).argmax())]
         return scores * alpha
 
     @classmethod

@@ -62,11 +62,15 @@ class ProtoSagaModelConfig(SegSplatModelConfig):
     """Bank entries joined by fewer views get no prototype (Eq. 17-18) (preset: paper 1 keeps all, segsplat 3)."""
     gaussian_ids: Optional[Literal["embedding", "votes"]] = None
     """A Gaussian's id: Eq. 19 on its own f_i, or the Eq. 19 instance its training pixels take (preset)."""
+    ce_geometry: Optional[bool] = None
+    """Eq. 8's L_CE also moves the geometry (paper), or only the embeddings and classifiers (preset)."""
 
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {
-        "paper": {"semantic_min_weight": 0.0, "min_instance_views": 1, "gaussian_ids": "embedding"},
-        "segsplat": {"semantic_min_weight": 0.05, "min_instance_views": 3, "gaussian_ids": "votes"},
-    }
+        "paper": {"semantic_min_weight": 0.0, "min_instance_views": 1, "gaussian_ids": "embedding",
+                  "ce_geometry": True},
+        "segsplat": {"semantic_min_weight": 0.05, "min_instance_views": 3, "gaussian_ids": "votes",
+                     "ce_geometry": False},
+    }  # fmt: skip
 
 
 class ProtoSagaModel(SegSplatModel):
@@ -116,6 +120,10 @@ class ProtoSagaModel(SegSplatModel):
                 and self.instance_ids.shape[0] == self.num_points)  # fmt: skip
 
     # ---- training: Eq. 6-8 --------------------------------------------------------------------------------
+    def feature_geometry(self, crop_ids: Optional[Tensor], detach: bool) -> Dict[str, Tensor]:
+        # ce-geometry False: the embeddings render through the geometry the reconstruction alone shapes
+        return super().feature_geometry(crop_ids, detach or not self.config.ce_geometry)
+
     def label_map(self, view: int, masks: Tensor) -> Tensor:
         """M_k of a training view (computed once per view; also records L_k)."""
         if view not in self._label_maps:
