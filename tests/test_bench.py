@@ -99,6 +99,9 @@ def test_bench_latency_table_and_json(tmp_path):
         assert binary["reference"] is None and set(binary["ms"]) == {"new level", "same level"}
         # binary-gaussian's click at level 2 selects one small group of the random codes
         assert 0 < binary["selected"] < row["gaussians"] / 100
+        gags = methods["gags"]  # text prompts on one decoded feature per Gaussian, and on three (decoded-levels every)
+        assert set(gags["ms"]) == {"text prompt", "text prompt, decoded-levels every"}
+        assert gags["bytes_read"]["stored, decoded-levels every"] == 3 * gags["bytes_read"]["stored"] == 3 * 1024 * row["gaussians"]
         # across methods: each method's fastest case (and SAGA's reference) against the other's fastest
         cross = {(entry["method"], entry["case"], entry["against"]): entry["ratio"] for entry in row["cross"]}
         fastest = binary["ms"][binary["fastest"]]

@@ -243,7 +243,7 @@ def test_text_map_decodes_the_rendered_view_as_the_authors_evaluate(gags_pipelin
     ground_truth = pipeline.datamanager.eval_ground_truth()
     cameras = pipeline.datamanager.eval_dataset.cameras
     views = [(v, targets["mushroom"][0]) for v, targets in enumerate(ground_truth.text["object"]) if "mushroom" in targets]
-    assert model.config.text_map == "rendered"
+    assert model.config.text_map == "rendered" and model.every_level  # the default (segsplat) preset
     selection = segmenter.text("mushroom")
     assert selection.view_relevancy is not None and not selection.empty
     query = segmenter.language.encode("mushroom")
@@ -252,8 +252,11 @@ def test_text_map_decodes_the_rendered_view_as_the_authors_evaluate(gags_pipelin
         camera = cameras[view : view + 1]
         with torch.no_grad():
             features, alpha = model.render_features(model.feature_colors(), camera)
-            expected = relevancy(model.feature_decoder(features.reshape(-1, features.shape[-1])), query.embedding,
-                                 query.canonical).reshape(alpha.shape[:2]) * alpha[..., 0]  # fmt: skip
+            levels = relevancy(model.feature_decoder(features.reshape(-1, features.shape[-1])), query.embedding,
+                               query.canonical).reshape(*alpha.shape[:2], 3) * alpha  # fmt: skip
+        # the view's map at the trained level with the highest relevancy (LangSplat's rule)
+        best = max((n for n in range(3) if model.trained_levels[n]), key=lambda n: float(levels[..., n].max()))
+        expected = levels[..., best]
         got = segmenter.relevancy_map(camera, selection)
         torch.testing.assert_close(got, expected.clamp(0, 1), atol=1e-5, rtol=0)
         mask = segmenter.text_mask(camera, selection).cpu().numpy()
@@ -271,8 +274,8 @@ def test_text_map_decodes_the_rendered_view_as_the_authors_evaluate(gags_pipelin
 
 @pytest.mark.slow
 def test_text_protocol_reports_the_granularity_the_decoder_picks(gags_pipeline):
-    """pixel_granularity is the argmax of the decoded alpha where the view renders (-1 elsewhere); the text
-    protocol reports, per ground-truth level, the share of target pixels at each granularity and at the named one
+    """pixel_granularity is the argmax of the decoded alpha over the trained levels where the view renders (-1
+    elsewhere); the text protocol reports, per ground-truth level, the share of target pixels at each granularity and at the named one
     (object: whole; part: subpart or part); saga has no such hook and reports none."""
     from segsplat_ns.eval.text_protocol import NAMED_GRANULARITY, text_metrics
     from segsplat_ns.language.context import language_context
@@ -285,9 +288,11 @@ def test_text_protocol_reports_the_granularity_the_decoder_picks(gags_pipeline):
     levels = model.pixel_granularity(camera)
     with torch.no_grad():
         features, alpha = model.render_features(model.feature_colors(), camera)
-        expected = model.granularity_decoder.logits(features.reshape(-1, features.shape[-1])).argmax(-1)
+        eta = model.granularity_decoder.logits(features.reshape(-1, features.shape[-1]))
+        expected = eta.masked_fill(~model.trained_levels, float("-inf")).argmax(-1)  # levels trained only
     expected = torch.where(alpha.reshape(-1) >= 0.5, expected, -1).reshape(levels.shape)
     assert torch.equal(levels, expected) and (levels >= 0).any() and (levels == -1).any()
+    assert model.trained_levels[levels[levels >= 0]].all()
     segmenter = Segmenter(model)
     segmenter.language = language_context(pipeline)
     metrics, details = text_metrics(segmenter, pipeline.datamanager.eval_dataset.cameras,
@@ -301,10 +306,11 @@ def test_text_protocol_reports_the_granularity_the_decoder_picks(gags_pipeline):
 
 
 @pytest.mark.slow
-def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipeline, monkeypatch):
-    """decoded-levels every (a three-head decoder swapped into the tiny run): a text prompt is answered at the level
-    whose best per-Gaussian relevancy is highest (LangSplat's rule) with that level's relevancy; a click meets every
-    Gaussian's feature at the level alpha picks at the clicked pixel; the training loss reaches all three heads."""
+def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipeline):
+    """decoded-levels every (the segsplat preset the tiny run trains): the run records the levels its training
+    views had masks at; a text prompt is answered at the trained level whose best per-Gaussian relevancy is highest
+    (LangSplat's rule) with that level's relevancy; a click meets every Gaussian's feature at the trained level alpha
+    picks at the clicked pixel; the training loss reaches exactly the heads of the levels a view has."""
     from segsplat_ns.contract import TextQuery
     from segsplat_ns.language.context import language_context
     from segsplat_ns.language.relevancy import relevancy
@@ -312,25 +318,25 @@ def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipelin
 
     pipeline = gags_pipeline
     model = pipeline.model
-    torch.manual_seed(0)
-    monkeypatch.setattr(model.config, "decoded_levels", "every")
-    monkeypatch.setattr(model, "feature_decoder", FeatureDecoder(16, 512, heads=3))
-    monkeypatch.setattr(model, "_decoded", None)
     pipeline.eval()
     language = language_context(pipeline)
+    had_masks = [any(bool((np.asarray(r.index_maps)[n] >= 0).any()) for r in language.views.records) for n in range(3)]
+    assert model.trained_levels.tolist() == had_masks and not all(had_masks)  # the synthetic scene: no middle level
     query = language.encode("mushroom")
     scores = model.text_scores(TextQuery("mushroom", query.embedding, query.canonical), None)
     features = model.gauss_params[model.feature_key].detach()
     with torch.no_grad():
         expected = relevancy(model.feature_decoder(features), query.embedding, query.canonical)  # [N, 3]
-    best = int(expected.amax(0).argmax())
+    best = max((n for n in range(3) if had_masks[n]), key=lambda n: float(expected[:, n].max()))
     assert scores.facts["level"] == LEVEL_NAMES[best]
     torch.testing.assert_close(scores.relevancy, expected[:, best], atol=0.02, rtol=0)  # bfloat16 products
     torch.testing.assert_close(scores.selection, expected[:, best] > model.config.text_threshold)
     rendered = features[:2]  # two "clicked pixels"
     with torch.no_grad():
         got = model.gaussian_scores(model.prompt_query(rendered, 0.0), 0.0)
-        level = model.granularity_decoder.logits(rendered).argmax(-1)
+        logits = model.granularity_decoder.logits(rendered)
+        level = logits.masked_fill(~torch.tensor(had_masks), float("-inf")).argmax(-1)
+        assert all(had_masks[int(n)] for n in level)
         decoded = model.feature_decoder(features)
         want = torch.stack([decoded[:, int(level[k])] @ decoded[k, int(level[k])] for k in range(2)], -1).amax(-1)
     torch.testing.assert_close(got, want, atol=0.02, rtol=0)
@@ -349,3 +355,41 @@ def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipelin
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+@pytest.mark.slow
+def test_paper_layout_decodes_one_feature_distilled_at_alphas_levels(gags_pipeline, monkeypatch):
+    """decoded-levels alpha (the paper preset; a one-head decoder swapped into the tiny run): one decoded feature per
+    Gaussian, a text prompt's relevancy is that feature's, no level is named, and Eq. 3 (not the per-level loss)
+    trains the decoder."""
+    from segsplat_ns.contract import TextQuery
+    from segsplat_ns.language.context import language_context
+    from segsplat_ns.language.relevancy import relevancy
+
+    pipeline = gags_pipeline
+    model = pipeline.model
+    torch.manual_seed(0)
+    monkeypatch.setattr(model.config, "decoded_levels", "alpha")
+    monkeypatch.setattr(model, "feature_decoder", FeatureDecoder(16, 512))
+    monkeypatch.setattr(model, "_decoded", None)
+    pipeline.eval()
+    query = language_context(pipeline).encode("mushroom")
+    scores = model.text_scores(TextQuery("mushroom", query.embedding, query.canonical), None)
+    features = model.gauss_params[model.feature_key].detach()
+    with torch.no_grad():
+        expected = relevancy(model.feature_decoder(features), query.embedding, query.canonical)  # [N]
+    assert "level" not in scores.facts and scores.relevancy.shape == expected.shape
+    torch.testing.assert_close(scores.relevancy, expected, atol=0.02, rtol=0)
+    pipeline.prepare_feature_stage()
+    camera, batch = pipeline.datamanager.next_train(0)
+    model.train()
+    try:
+        features_map, _ = model.render_features(model.feature_colors(), camera)
+        losses = model.feature_loss_dict({"features": features_map}, batch)
+        assert set(losses) == {"gags_distill", "gags_entropy"}
+        sum(losses.values()).backward()
+        assert float(model.feature_decoder.out.weight.grad.abs().sum()) > 0
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        monkeypatch.setattr(model, "_decoded", None)

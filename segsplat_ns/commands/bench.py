@@ -306,6 +306,8 @@ class Bench:
                  "--image-size", str(self.image_size), "--num-objects", str(self.num_objects),
                  "--num-train-views", str(self.num_train_views), "--num-eval-views", str(self.num_eval_views),
                  "--methods", *self.methods, "--rgb-steps", str(self.rgb_steps), "--feature-steps", str(self.feature_steps)]
+        if self.presets != Bench.presets:
+            parts += ["--presets", *self.presets]
         if self.extra_args:
             parts += ["--extra-args", *self.extra_args]
         return " ".join(parts)

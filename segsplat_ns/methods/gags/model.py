@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -70,8 +70,13 @@ class GagsModelConfig(SegSplatModelConfig):
     text_map: Literal["rendered", "gaussians"] = "rendered"
     """A text prompt's 2D relevancy: the view's rendered f decoded per pixel (authors' evaluation), or each
     Gaussian's relevancy rendered."""
-    decoded_levels: Literal["alpha", "every"] = "alpha"
-    """f_clip: one decoded feature at alpha's level (paper), or one per level, a prompt answered at its best level."""
+    decoded_levels: Optional[Literal["alpha", "every"]] = None
+    """f_clip: one decoded feature at alpha's level (paper), or one per level, a prompt answered at its best level (preset)."""
+
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {
+        "paper": {"decoded_levels": "alpha"},
+        "segsplat": {"decoded_levels": "every"},
+    }
 
 
 class GagsModel(SegSplatModel):
@@ -86,6 +91,9 @@ class GagsModel(SegSplatModel):
         heads = gags_loss.NUM_LEVELS if self.every_level else 1
         self.feature_decoder = FeatureDecoder(self.config.feature_dim, self.config.clip_dim, heads=heads)
         self.granularity_decoder = GranularityDecoder(self.config.feature_dim)
+        # the levels some training pixel had a mask at: a level without any (the synthetic scene has no middle
+        # level) trained no head and no alpha, so inference never answers at it
+        self.register_buffer("trained_levels", torch.zeros(gags_loss.NUM_LEVELS, dtype=torch.bool))
         self._decoded: Optional[torch.Tensor] = None
         self._decoded_key: Optional[tuple] = None
 
@@ -93,6 +101,26 @@ class GagsModel(SegSplatModel):
     def every_level(self) -> bool:
         """``decoded-levels every``: the decoder gives one feature per granularity (docs/gags.md)."""
         return self.config.decoded_levels == "every"
+
+    def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
+        if "trained_levels" not in dict:  # a run saved before the field: every level counts, as it did then
+            dict = {**dict, "trained_levels": torch.ones(gags_loss.NUM_LEVELS, dtype=torch.bool)}
+        super().load_state_dict(dict, **kwargs)
+
+    def granularity_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """eta at inference: the granularity decoder's logits [..., 3], -inf at levels no training pixel had a mask
+        at (every level while none is recorded: an untrained model)."""
+        eta = self.granularity_decoder.logits(f)
+        if not self.trained_levels.any():
+            return eta
+        return eta.masked_fill(~self.trained_levels, float("-inf"))
+
+    def best_level(self, best_relevancy: torch.Tensor) -> int:
+        """LangSplat's rule over ``decoded-levels every``'s heads: the trained level whose best relevancy [3] is
+        highest."""
+        if self.trained_levels.any():
+            best_relevancy = best_relevancy.masked_fill(~self.trained_levels, float("-inf"))
+        return int(best_relevancy.argmax())
 
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
@@ -117,6 +145,7 @@ class GagsModel(SegSplatModel):
         rendered = outputs["features"]  # [H, W, C]
         H, W, C = rendered.shape
         index_maps, clip = self._record_tensors(batch.get("language"), H, W)
+        self.trained_levels |= (index_maps >= 0).any(1)
         f = rendered.reshape(-1, C)
         eta = self.granularity_decoder.logits(f.detach())  # the authors decode eta from the detached feature
         alpha = torch.softmax(eta, dim=-1)
@@ -203,7 +232,7 @@ class GagsModel(SegSplatModel):
         decoded = self.feature_decoder(rendered.float())
         if not self.every_level:
             return decoded
-        picked = F.one_hot(self.granularity_decoder.logits(rendered.float()).argmax(-1), gags_loss.NUM_LEVELS)
+        picked = F.one_hot(self.granularity_logits(rendered.float()).argmax(-1), gags_loss.NUM_LEVELS)
         return (decoded * picked[..., None]).flatten(-2)
 
     def gaussian_scores(self, queries: torch.Tensor, scale: float, exact_near: Optional[float] = None) -> torch.Tensor:
@@ -217,7 +246,7 @@ class GagsModel(SegSplatModel):
         if not self.every_level:
             return decoded
         with torch.no_grad():
-            level = self.granularity_decoder.logits(self.gauss_params[self.feature_key].detach()).argmax(-1)
+            level = self.granularity_logits(self.gauss_params[self.feature_key].detach()).argmax(-1)
         return decoded[torch.arange(decoded.shape[0], device=decoded.device), level]
 
     def text_scores(self, query: TextQuery, views: LanguageViews) -> TextScores:
@@ -228,19 +257,19 @@ class GagsModel(SegSplatModel):
         features = self.gauss_params[self.feature_key].detach()
         phrases = torch.cat([query.embedding[None].float(), query.canonical.float()])
         decoded = self.decoded_gaussian_features()
-        levels = [None] if not self.every_level else list(range(gags_loss.NUM_LEVELS))
-        answers = []
-        for level in levels:  # with one head per level, LangSplat's rule: the level whose best relevancy is highest
+        levels = gags_loss.NUM_LEVELS if self.every_level else 1
 
-            def exact(indices: torch.Tensor, level=level) -> torch.Tensor:
-                out = self.feature_decoder(features[indices].float())
-                return out if level is None else out[:, level]
+        def exact(indices: torch.Tensor) -> torch.Tensor:  # rows of decoded.flatten(0, 1): Gaussian, then level
+            out = self.feature_decoder(features[indices // levels].float())
+            return out if levels == 1 else out[torch.arange(indices.numel()), indices % levels]
 
-            with torch.no_grad():
-                answers.append(scoring.text_relevancy(decoded if level is None else decoded[:, level], phrases,
-                                                      self.config.text_threshold, exact))  # fmt: skip
-        best = max(range(len(answers)), key=lambda i: float(answers[i][0].max()) if answers[i][0].numel() else 0.0)
-        relevancy, selection, refined = answers[best]
+        with torch.no_grad():  # every level in one product: [N, 3, D] is contiguous, so [3 N, D] is a view
+            relevancy, selection, refined = scoring.text_relevancy(decoded.reshape(-1, decoded.shape[-1]), phrases,
+                                                                   self.config.text_threshold, exact)  # fmt: skip
+        relevancy, selection = relevancy.view(-1, levels), selection.view(-1, levels)
+        # with one head per level, LangSplat's rule: answer at the level whose best relevancy is highest
+        best = self.best_level(relevancy.amax(0)) if relevancy.numel() else 0
+        relevancy, selection = relevancy[:, best], selection[:, best]
         facts: Dict[str, Any] = {"selected": int(selection.sum()), "recomputed in fp32": refined}
         if self.every_level:
             facts["level"] = gags_loss.LEVEL_NAMES[best]
@@ -262,7 +291,7 @@ class GagsModel(SegSplatModel):
     def pixel_granularity(self, camera) -> torch.Tensor:
         """m_f of Eq. 5 at inference: the argmax of alpha = softmax(eta) decoded from the rendered f, [H, W] (0
         subpart, 1 part, 2 whole; -1 where the rendered opacity is under 0.5)."""
-        levels, alpha = self._decode_view(camera, lambda f: self.granularity_decoder.logits(f).argmax(-1))
+        levels, alpha = self._decode_view(camera, lambda f: self.granularity_logits(f).argmax(-1))
         return torch.where(alpha >= 0.5, levels, torch.full_like(levels, -1))
 
     def rendered_relevancy(self, camera, phrases: torch.Tensor) -> torch.Tensor:
@@ -274,14 +303,14 @@ class GagsModel(SegSplatModel):
 
         scores, alpha = self._decode_view(camera, lambda f: lerf_relevancy(self.feature_decoder(f), phrases[0], phrases[1:]))
         if self.every_level:  # [H, W, 3]: the view's map at the level with the highest relevancy (LangSplat's rule)
-            scores = scores[..., int((scores * alpha[..., None]).flatten(0, 1).amax(0).argmax())]
+            scores = scores[..., self.best_level((scores * alpha[..., None]).flatten(0, 1).amax(0))]
         return scores * alpha
 
     @classmethod
     def latency_probe(cls, num: int, dim: int, threshold: float, generator: torch.Generator) -> LatencyProbe:
         """A text prompt on ``num`` clustered random decoded features (bfloat16, 512-d): the product with the
         prompt and 4 canonical phrases, exact decisions near the cut (the decoder is stood in by a lookup of
-        the float32 features)."""
+        the float32 features). A second case times the ``decoded-levels every`` layout: three features per Gaussian."""
         device = generator.device
         centres = F.normalize(torch.randn(64, CLIP_DIM, generator=generator, device=device), dim=-1)
         labels = torch.randint(64, (num,), generator=generator, device=device)
@@ -293,6 +322,18 @@ class GagsModel(SegSplatModel):
 
         def text_prompt():
             return scoring.text_relevancy(decoded, phrases, 0.5, lambda i: exact_features[i])[1]
+
+        # decoded-levels every: three decoded features per Gaussian, one product over all of them, LangSplat's rule
+        # (the level with the highest relevancy); each level's features a fresh draw around the same centres
+        every = torch.stack([F.normalize(centres[labels] + 0.5 * torch.randn(num, CLIP_DIM, generator=generator,
+                                                                             device=device) / math.sqrt(CLIP_DIM),
+                                         dim=-1).bfloat16() for _ in range(3)], 1)  # fmt: skip
+
+        def text_prompt_every_level():
+            relevancy, selection, _ = scoring.text_relevancy(every.flatten(0, 1), phrases, 0.5,
+                                                             lambda i: every.flatten(0, 1)[i].float())  # fmt: skip
+            relevancy, selection = relevancy.view(num, 3), selection.view(num, 3)
+            return selection[:, int(relevancy.amax(0).argmax())]
 
         with torch.no_grad():
             ours = text_prompt()
@@ -309,9 +350,9 @@ class GagsModel(SegSplatModel):
 
         return LatencyProbe(
             name="GAGS: relevancy of decoded features (bfloat16, exact near the cut)",
-            cases={"text prompt": text_prompt},
+            cases={"text prompt": text_prompt, "text prompt, decoded-levels every": text_prompt_every_level},
             selected=int(ours.sum()),
-            bytes_read={"stored": num * CLIP_DIM * 2},
+            bytes_read={"stored": num * CLIP_DIM * 2, "stored, decoded-levels every": num * 3 * CLIP_DIM * 2},
             facts={"stored dtype": "bfloat16", "differs from fp32": int((ours != reference).sum())},
             click=ClickProbe(colors, answer),
         )
