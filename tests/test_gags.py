@@ -159,6 +159,16 @@ def test_decoders_shapes_and_ranges():
     torch.testing.assert_close(levels.norm(dim=-1), torch.ones(5, 7, 3))
 
 
+@pytest.mark.parametrize("preset, width", [("paper", 512), ("segsplat", 3 * 512)])
+def test_the_paper_preset_decodes_one_feature_and_ours_one_per_level(preset, width):
+    from segsplat_ns.methods.gags import GagsModelConfig
+
+    config = GagsModelConfig(rgb_steps=0, random_init=True, num_random=20, preset=preset)
+    model = config.setup(scene_box=None, num_train_data=1, seed_points=None)
+    assert model.feature_decoder.out.out_features == width
+    assert model.every_level == (preset == "segsplat") and not model.trained_levels.any()
+
+
 # ---- Eq. 1 on a trained run, through the pipeline -------------------------------------------------------------
 
 

@@ -17,10 +17,11 @@ import torch
 from segsplat_ns.masks.sampling import mask_balanced_pixels
 from segsplat_ns.methods.binary_gaussian import BinaryGaussianModelConfig
 from segsplat_ns.methods.binary_gaussian.loss import progressive_contrastive_loss, progressive_pair_losses
+from segsplat_ns.methods.gags import GagsModelConfig
 from segsplat_ns.methods.saga import SagaModelConfig
 from segsplat_ns.methods.saga.loss import _corr_loss_pairs, feature_correspondence, saga_loss
 
-CONFIGS = [SagaModelConfig, BinaryGaussianModelConfig]
+CONFIGS = [SagaModelConfig, BinaryGaussianModelConfig, GagsModelConfig]
 
 
 @pytest.mark.parametrize("config_class", CONFIGS)
