@@ -169,6 +169,27 @@ def test_the_paper_preset_decodes_one_feature_and_ours_one_per_level(preset, wid
     assert model.every_level == (preset == "segsplat") and not model.trained_levels.any()
 
 
+def test_levels_with_few_training_masks_are_not_answered():
+    """A level is answered when its masks covered >= min_level_share (0.1) of the best-covered level's training
+    pixels: alpha's argmax at inference ranges over those levels; before training, over all three."""
+    from segsplat_ns.methods.gags import GagsModelConfig
+
+    model = GagsModelConfig(rgb_steps=0, random_init=True, num_random=20).setup(scene_box=None, num_train_data=1,
+                                                                               seed_points=None)  # fmt: skip
+    f = torch.randn(6, 16)
+    with torch.no_grad():
+        eta = model.granularity_decoder.logits(f)
+        assert torch.equal(model.granularity_logits(f), eta)  # nothing recorded yet
+        model.level_pixels.copy_(torch.tensor([50.0, 9.0, 100.0]))  # the middle level: 9 % of the best one's pixels
+        assert model.trained_levels.tolist() == [True, False, True]
+        got = model.granularity_logits(f)
+        assert torch.isinf(got[:, 1]).all() and torch.equal(got[:, [0, 2]], eta[:, [0, 2]])
+        assert model.best_level(torch.tensor([0.2, 0.9, 0.6])) == 2
+        model.level_pixels.copy_(torch.tensor([50.0, 10.0, 100.0]))  # 10 %: answered
+        assert model.trained_levels.tolist() == [True, True, True]
+        assert model.best_level(torch.tensor([0.2, 0.9, 0.6])) == 1
+
+
 # ---- Eq. 1 on a trained run, through the pipeline -------------------------------------------------------------
 
 
@@ -330,8 +351,10 @@ def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipelin
     model = pipeline.model
     pipeline.eval()
     language = language_context(pipeline)
-    had_masks = [any(bool((np.asarray(r.index_maps)[n] >= 0).any()) for r in language.views.records) for n in range(3)]
+    pixels = [sum(int((np.asarray(r.index_maps)[n] >= 0).sum()) for r in language.views.records) for n in range(3)]
+    had_masks = [p > 0 and p >= model.config.min_level_share * max(pixels) for p in pixels]
     assert model.trained_levels.tolist() == had_masks and not all(had_masks)  # the synthetic scene: no middle level
+    assert (model.level_pixels > 0).tolist() == [p > 0 for p in pixels]
     query = language.encode("mushroom")
     scores = model.text_scores(TextQuery("mushroom", query.embedding, query.canonical), None)
     features = model.gauss_params[model.feature_key].detach()

@@ -70,6 +70,8 @@ class GagsModelConfig(SegSplatModelConfig):
     text_map: Literal["rendered", "gaussians"] = "rendered"
     """A text prompt's 2D relevancy: the view's rendered f decoded per pixel (authors' evaluation), or each
     Gaussian's relevancy rendered."""
+    min_level_share: float = 0.1
+    """A level is answered (alpha's argmax, the text rule) if its masks covered >= this share of the best level's pixels."""
     decoded_levels: Optional[Literal["alpha", "every"]] = None
     """f_clip: one decoded feature at alpha's level (paper), or one per level, a prompt answered at its best level (preset)."""
 
@@ -91,9 +93,9 @@ class GagsModel(SegSplatModel):
         heads = gags_loss.NUM_LEVELS if self.every_level else 1
         self.feature_decoder = FeatureDecoder(self.config.feature_dim, self.config.clip_dim, heads=heads)
         self.granularity_decoder = GranularityDecoder(self.config.feature_dim)
-        # the levels some training pixel had a mask at: a level without any (the synthetic scene has no middle
-        # level) trained no head and no alpha, so inference never answers at it
-        self.register_buffer("trained_levels", torch.zeros(gags_loss.NUM_LEVELS, dtype=torch.bool))
+        # training pixels with a mask at each level, summed over the feature steps: a level with none or few (the
+        # synthetic scene's middle level: 0.4 % of pixels) trained its head and alpha too little to be answered
+        self.register_buffer("level_pixels", torch.zeros(gags_loss.NUM_LEVELS, dtype=torch.float64))
         self._decoded: Optional[torch.Tensor] = None
         self._decoded_key: Optional[tuple] = None
 
@@ -103,13 +105,20 @@ class GagsModel(SegSplatModel):
         return self.config.decoded_levels == "every"
 
     def load_state_dict(self, dict, **kwargs):  # type: ignore[override]
-        if "trained_levels" not in dict:  # a run saved before the field: every level counts, as it did then
-            dict = {**dict, "trained_levels": torch.ones(gags_loss.NUM_LEVELS, dtype=torch.bool)}
+        if "level_pixels" not in dict:  # a run saved before the field: every level counts, as it did then
+            dict = {**dict, "level_pixels": torch.ones(gags_loss.NUM_LEVELS, dtype=torch.float64)}
         super().load_state_dict(dict, **kwargs)
 
+    @property
+    def trained_levels(self) -> torch.Tensor:
+        """bool [3]: the levels inference answers at, those whose masks covered at least ``min_level_share`` of the
+        training pixels the best-covered level's did (none before training)."""
+        pixels = self.level_pixels
+        return (pixels > 0) & (pixels >= self.config.min_level_share * pixels.max())
+
     def granularity_logits(self, f: torch.Tensor) -> torch.Tensor:
-        """eta at inference: the granularity decoder's logits [..., 3], -inf at levels no training pixel had a mask
-        at (every level while none is recorded: an untrained model)."""
+        """eta at inference: the granularity decoder's logits [..., 3], -inf at the levels not trained enough
+        (:attr:`trained_levels`; every level while none is recorded: an untrained model)."""
         eta = self.granularity_decoder.logits(f)
         if not self.trained_levels.any():
             return eta
@@ -145,7 +154,7 @@ class GagsModel(SegSplatModel):
         rendered = outputs["features"]  # [H, W, C]
         H, W, C = rendered.shape
         index_maps, clip = self._record_tensors(batch.get("language"), H, W)
-        self.trained_levels |= (index_maps >= 0).any(1)
+        self.level_pixels += (index_maps >= 0).sum(1)
         f = rendered.reshape(-1, C)
         eta = self.granularity_decoder.logits(f.detach())  # the authors decode eta from the detached feature
         alpha = torch.softmax(eta, dim=-1)
