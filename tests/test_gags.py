@@ -4,6 +4,7 @@ synthetic scene (whose language features are the scene's stand-in for CLIP)."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -193,6 +194,22 @@ def test_levels_with_few_training_masks_are_not_answered():
 # ---- Eq. 1 on a trained run, through the pipeline -------------------------------------------------------------
 
 
+@contextmanager
+def one_feature_step(pipeline):
+    """The feature loss on one training view, in training mode: (losses, batch); gradients cleared and eval mode
+    restored after."""
+    model = pipeline.model
+    pipeline.prepare_feature_stage()
+    camera, batch = pipeline.datamanager.next_train(0)
+    model.train()
+    try:
+        features_map, _ = model.render_features(model.feature_colors(), camera)
+        yield model.feature_loss_dict({"features": features_map}, batch), batch
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 @pytest.fixture(scope="module")
 def gags_pipeline(train_run):
     from segsplat_ns.runs import load_run
@@ -373,21 +390,13 @@ def test_every_level_decoding_answers_each_prompt_at_its_best_level(gags_pipelin
         decoded = model.feature_decoder(features)
         want = torch.stack([decoded[:, int(level[k])] @ decoded[k, int(level[k])] for k in range(2)], -1).amax(-1)
     torch.testing.assert_close(got, want, atol=0.02, rtol=0)
-    pipeline.prepare_feature_stage()
-    camera, batch = pipeline.datamanager.next_train(0)
-    model.train()
-    try:
-        features_map, _ = model.render_features(model.feature_colors(), camera)
-        losses = model.feature_loss_dict({"features": features_map}, batch)
+    with one_feature_step(pipeline) as (losses, batch):
         assert set(losses) >= {"gags_distill", "gags_levels", "gags_entropy"}
         sum(losses.values()).backward()
         grad = model.feature_decoder.out.weight.grad.reshape(3, 512, -1)
         present = [bool((np.asarray(maps) >= 0).any()) for maps in batch["language"].index_maps]
         assert any(present)
         assert [float(grad[n].abs().sum()) > 0 for n in range(3)] == present  # each head: its own level only
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
 
 
 @pytest.mark.slow
@@ -413,16 +422,7 @@ def test_paper_layout_decodes_one_feature_distilled_at_alphas_levels(gags_pipeli
         expected = relevancy(model.feature_decoder(features), query.embedding, query.canonical)  # [N]
     assert "level" not in scores.facts and scores.relevancy.shape == expected.shape
     torch.testing.assert_close(scores.relevancy, expected, atol=0.02, rtol=0)
-    pipeline.prepare_feature_stage()
-    camera, batch = pipeline.datamanager.next_train(0)
-    model.train()
-    try:
-        features_map, _ = model.render_features(model.feature_colors(), camera)
-        losses = model.feature_loss_dict({"features": features_map}, batch)
+    with one_feature_step(pipeline) as (losses, _):
         assert set(losses) == {"gags_distill", "gags_entropy"}
         sum(losses.values()).backward()
         assert float(model.feature_decoder.out.weight.grad.abs().sum()) > 0
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        monkeypatch.setattr(model, "_decoded", None)
