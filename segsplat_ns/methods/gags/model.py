@@ -8,7 +8,9 @@
   consistency (Eq. 6) with the entropy weight doubled (the authors' schedule);
 - inference: a text prompt scores every Gaussian by LERF's relevancy of its decoded feature (one decoder pass
   over the per-Gaussian features, cached in half precision); a click scores every Gaussian by the cosine of its
-  decoded feature to the decoded feature at the clicked pixel.
+  decoded feature to the decoded feature at the clicked pixel;
+- presets: ``paper`` decodes one f_clip (``decoded-levels alpha``); ``segsplat`` one per granularity, a prompt
+  answered at its best trained level (``decoded-levels every``, docs/gags.md).
 
 Granularity-aware prompting (Eq. 1, :mod:`.prompts`): :meth:`GagsModel.sam_prompt_points` places SAM's prompt
 points per training view once the RGB splat exists; the pipeline hands them to the ``sam`` mask source.
