@@ -118,20 +118,20 @@ class GagsModel(SegSplatModel):
         pixels = self.level_pixels
         return (pixels > 0) & (pixels >= self.config.min_level_share * pixels.max())
 
+    def _trained_only(self, per_level: torch.Tensor) -> torch.Tensor:
+        """``per_level`` [..., 3] with -inf at the levels not trained enough (:attr:`trained_levels`), so an argmax
+        picks a trained one; unchanged while none is recorded (an untrained model)."""
+        trained = self.trained_levels
+        return per_level.masked_fill(~trained, float("-inf")) if trained.any() else per_level
+
     def granularity_logits(self, f: torch.Tensor) -> torch.Tensor:
-        """eta at inference: the granularity decoder's logits [..., 3], -inf at the levels not trained enough
-        (:attr:`trained_levels`; every level while none is recorded: an untrained model)."""
-        eta = self.granularity_decoder.logits(f)
-        if not self.trained_levels.any():
-            return eta
-        return eta.masked_fill(~self.trained_levels, float("-inf"))
+        """eta at inference: the granularity decoder's logits [..., 3] over the trained levels."""
+        return self._trained_only(self.granularity_decoder.logits(f))
 
     def best_level(self, best_relevancy: torch.Tensor) -> int:
         """LangSplat's rule over ``decoded-levels every``'s heads: the trained level whose best relevancy [3] is
         highest."""
-        if self.trained_levels.any():
-            best_relevancy = best_relevancy.masked_fill(~self.trained_levels, float("-inf"))
-        return int(best_relevancy.argmax())
+        return int(self._trained_only(best_relevancy).argmax())
 
     def method_param_groups(self) -> Dict[str, List[Parameter]]:
         return {
