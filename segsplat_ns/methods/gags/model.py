@@ -156,12 +156,12 @@ class GagsModel(SegSplatModel):
         rendered = outputs["features"]  # [H, W, C]
         H, W, C = rendered.shape
         index_maps, clip = self._record_tensors(batch.get("language"), H, W)
-        self.level_pixels += (index_maps >= 0).sum(1)
         f = rendered.reshape(-1, C)
         eta = self.granularity_decoder.logits(f.detach())  # the authors decode eta from the detached feature
         alpha = torch.softmax(eta, dim=-1)
         f_clip = self.feature_decoder(f)
         targets, valid = gags_loss.level_targets(index_maps, clip)
+        self.level_pixels += valid.sum(1)  # the pixels each level supervises
         # alpha over the levels a pixel has a mask at (docs/gags.md: the authors drop pixels missing any level)
         present = gags_loss.present_alpha(eta, valid)
         regions = gags_loss.region_map(index_maps, present, H, W, smooth=self.config.region_smooth)
